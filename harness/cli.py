@@ -1,0 +1,56 @@
+"""`wam-bench` command line. Each subcommand lives in the module that owns the concept; this
+file only wires them, importing a module when its command runs (so `--help` is instant)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help). The module defines `add_arguments(parser)` and `main(args)`.
+COMMANDS = {
+    "variants": ("harness.commands.variants", "list variants, or `variants show NAME` for the resolved spec"),
+    "train": ("harness.train", "train a variant on a LeRobot-format dataset"),
+    "demos": ("harness.demos", "write scripted-expert demonstrations as a LeRobot dataset"),
+    "eval": ("harness.evaluate", "closed-loop evaluation of a checkpoint on a suite"),
+    "run": ("harness.run", "the grid: demos, train every variant, evaluate, report (the `make run` job)"),
+    "results": ("harness.store", "print the results store as a table"),
+    "report": ("harness.report", "tables, plots and an HTML page from the results store"),
+    "bench": ("harness.bench", "measure one figure family and write JSON"),
+    "sweep": ("harness.sweep", "Optuna sweep with persistent storage"),
+    "nightly": ("harness.nightly", "regression gate against results/baselines/"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="wam-bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                        help="extra folder with variants/, suites/ or YAML files (repeatable)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    # Parse the command name first, then let its module define its own arguments.
+    pre, rest = parser.parse_known_args(argv)
+    if not pre.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[pre.command][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"wam-bench {pre.command}", description=COMMANDS[pre.command][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(rest)
+    args.include_path = pre.include_path
+    from harness.config import ConfigError
+    from harness.errors import UserError
+    try:
+        return int(module.main(args) or 0)
+    except (ConfigError, UserError) as e:
+        print(f"wam-bench {pre.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nwam-bench {pre.command}: interrupted; finished work is saved, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The one environment interface every suite adapter implements.
+
+A suite (suites/*.yaml, `SuiteSpec`) lists tasks and its protocol; an adapter turns one task of
+it into a `SuiteEnv`. The evaluator and the demo writer only talk to this interface, so a new
+simulator is one new adapter module plus its entry in `ADAPTERS`.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.config import ConfigError, SuiteSpec
+
+# adapter name -> "module:Class"; imported only when used (LIBERO pulls in robosuite).
+ADAPTERS = {
+    "tabletop": "harness.suites.tabletop:TabletopEnv",
+    "libero": "harness.suites.libero:LiberoEnv",
+}
+
+
+class SimulatorError(RuntimeError):
+    """The simulator itself failed (not the policy): recorded as an episode error, never a failure."""
+
+
+@dataclass
+class Observation:
+    images: dict[str, np.ndarray]   # camera name -> (H, W, 3) uint8; empty when not rendered
+    state: np.ndarray               # (state_dim,) float32 proprioception
+    instruction: str
+    history: list[dict[str, np.ndarray]] = field(default_factory=list)  # images at the policy's frame cadence since its last call
+
+
+class SuiteEnv(abc.ABC):
+    """One task of a suite. Rendering happens only in `observe(render=True)`."""
+
+    def __init__(self, spec: SuiteSpec, task_index: int):
+        self.spec = spec
+        self.task_index = task_index
+        self.task = spec.tasks[task_index]
+
+    @abc.abstractmethod
+    def reset(self, init_index: int | None, seed: int) -> None:
+        """`init_index` selects a fixed evaluation init state; None draws a fresh one from `seed` (demos)."""
+
+    @abc.abstractmethod
+    def observe(self, render: bool = True) -> Observation:
+        """Current state; camera images only when `render` (software GL costs ~25 ms a frame)."""
+
+    @abc.abstractmethod
+    def step(self, action: np.ndarray) -> None:
+        """Advance one control step. Raise SimulatorError on a simulator fault."""
+
+    @abc.abstractmethod
+    def success(self) -> bool: ...
+
+    @abc.abstractmethod
+    def progress(self) -> float:
+        """Task progress: partial credit in [0, 1]."""
+
+    def expert_action(self) -> np.ndarray:
+        """Scripted expert's next action from privileged state (for demos and the expert row)."""
+        raise NotImplementedError(f"suite adapter '{self.spec.adapter}' has no scripted expert")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_env(spec: SuiteSpec, task_index: int) -> SuiteEnv:
+    if spec.adapter not in ADAPTERS:
+        raise ConfigError(f"suite '{spec.name}': unknown adapter '{spec.adapter}'; known: {', '.join(ADAPTERS)}")
+    if not 0 <= task_index < len(spec.tasks):
+        raise ConfigError(f"suite '{spec.name}' has {len(spec.tasks)} tasks; task index {task_index} is out of range")
+    module, cls = ADAPTERS[spec.adapter].split(":")
+    return getattr(importlib.import_module(module), cls)(spec, task_index)
