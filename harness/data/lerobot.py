@@ -1,0 +1,483 @@
+"""LeRobot v3.0 dataset reading and writing with pyarrow and PyAV only.
+
+The `lerobot` package pins an older torch and imports torchvision (whose PyPI wheels do not load
+beside CPU torch 2.13), so the harness speaks the on-disk format itself:
+
+    meta/info.json                            codebase_version "v3.0", fps, features, paths
+    meta/stats.json                           per feature: mean/std/min/max/count (images: (3,1,1) in [0,1])
+    meta/tasks.parquet                        index = task string, column task_index
+    meta/episodes/chunk-000/file-000.parquet  one row per episode: length, tasks, from/to indices,
+                                              data and video file indices, video from/to timestamps
+    data/chunk-000/file-000.parquet           one row per frame
+    videos/<key>/chunk-000/file-000.mp4       episodes concatenated, one file per camera
+
+tests/test_lerobot_io.py proves the real `LeRobotDataset` reads what we write and vice versa.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.errors import UserError
+
+CODEBASE_VERSION = "v3.0"
+STATE, ACTION, IMAGE_PREFIX = "observation.state", "action", "observation.images."
+CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
+DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
+VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
+EPISODES_PATH = "meta/episodes/" + CHUNK_FILE + ".parquet"
+CHUNKS_SIZE, DATA_FILE_MB, VIDEO_FILE_MB = 1000, 100, 200
+INDEX_FEATURES = {  # the bookkeeping columns every LeRobot frame carries
+    "timestamp": "float32", "frame_index": "int64", "episode_index": "int64",
+    "index": "int64", "task_index": "int64",
+}
+VIDEO_CODEC, VIDEO_OPTIONS = "h264", {"g": "2", "crf": "18"}  # lerobot decodes h264; g=2 seeks fast
+EXTRA_COLUMN = "wam_bench/extra"  # per-episode metadata (JSON) in the episodes table
+
+
+@dataclass
+class Episode:
+    """One demonstration: what a demo writer yields and what a reader returns."""
+    task: str
+    state: np.ndarray               # (T, S) float32
+    action: np.ndarray              # (T, A) float32
+    images: dict[str, np.ndarray]   # short camera name -> (T, H, W, 3) uint8
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+
+# --------------------------------------------------------------------------- statistics
+
+class _RunningStats:
+    """Mean/std/min/max/count over batches, merged exactly (Chan et al.), so a generator of
+    episodes never has to be held in memory to get numpy-equal statistics."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2, self.lo, self.hi = 0, None, None, None, None
+
+    def add(self, x: np.ndarray, axes: tuple[int, ...]) -> None:
+        x = x.astype(np.float64)
+        n = int(np.prod([x.shape[a] for a in axes]))
+        mean, lo, hi = x.mean(axis=axes), x.min(axis=axes), x.max(axis=axes)
+        m2 = ((x - np.expand_dims(mean, axes)) ** 2).sum(axis=axes)
+        if self.n == 0:
+            self.n, self.mean, self.m2, self.lo, self.hi = n, mean, m2, lo, hi
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + m2 + delta ** 2 * self.n * n / total
+        self.n, self.lo, self.hi = total, np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+
+    def to_json(self, image: bool) -> dict:
+        shape = (-1, 1, 1) if image else (-1,)  # lerobot keeps image stats as (C, 1, 1)
+        out = {k: np.reshape(v, shape).tolist() for k, v in
+               (("min", self.lo), ("max", self.hi), ("mean", self.mean),
+                ("std", np.sqrt(self.m2 / self.n)))}
+        out["count"] = [self.n]
+        return out
+
+
+# --------------------------------------------------------------------------- writing
+
+def _check_episode(i: int, ep: Episode, first: Episode | None) -> None:
+    """Reject malformed episodes with a message naming the episode and the field."""
+    where = f"episode {i}"
+    if not isinstance(ep.task, str) or not ep.task:
+        raise UserError(f"{where}: task must be a non-empty string")
+    for name, arr in (("state", ep.state), ("action", ep.action)):
+        if np.ndim(arr) != 2:
+            raise UserError(f"{where}: {name} must be (T, D), got shape {np.shape(arr)}")
+    T = len(ep.action)
+    if T == 0 or len(ep.state) != T:
+        raise UserError(f"{where}: state has {len(ep.state)} steps, action {T}; need equal and > 0")
+    for cam, img in ep.images.items():
+        if img.dtype != np.uint8 or img.ndim != 4 or img.shape[0] != T or img.shape[3] != 3:
+            raise UserError(f"{where}: images['{cam}'] must be ({T}, H, W, 3) uint8, "
+                            f"got {img.shape} {img.dtype}")
+    if first is not None:
+        if sorted(ep.images) != sorted(first.images):
+            raise UserError(f"{where}: cameras {sorted(ep.images)} differ from episode 0's "
+                            f"{sorted(first.images)}")
+        for cam in ep.images:
+            if ep.images[cam].shape[1:] != first.images[cam].shape[1:]:
+                raise UserError(f"{where}: images['{cam}'] is {ep.images[cam].shape[1:]}, "
+                                f"episode 0's is {first.images[cam].shape[1:]}")
+        for name in ("state", "action"):
+            if getattr(ep, name).shape[1] != getattr(first, name).shape[1]:
+                raise UserError(f"{where}: {name} width differs from episode 0's")
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _fps_json(fps: float):
+    return int(fps) if float(fps).is_integer() else float(fps)
+
+
+class _VideoStream:
+    """One camera's mp4: episodes appended back to back, frame pts = global frame index."""
+
+    def __init__(self, path: Path, fps: float, height: int, width: int):
+        import av
+        if height % 2 or width % 2:
+            raise UserError(f"video {path.parent.parent.parent.name}: {height}x{width} frames need "
+                            "even sides for h264 yuv420p; write with video=False or resize")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        rate = Fraction(fps).limit_denominator(1000)
+        self.stream = self.container.add_stream(VIDEO_CODEC, rate=rate, options=dict(VIDEO_OPTIONS))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.time_base = 1 / rate
+        self.frames = 0
+
+    def append(self, frames: np.ndarray) -> None:
+        import av
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames
+            self.frames += 1
+            self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode())
+        self.container.close()
+
+
+class _DataFiles:
+    """Frame rows into data/chunk-XXX/file-YYY.parquet, rolling to a new file past the size cap."""
+
+    def __init__(self, root: Path, schema: pa.Schema):
+        self.root, self.schema = root, schema
+        self.chunk = self.file = 0
+        self.writer, self.bytes = None, 0
+
+    def write(self, table: pa.Table) -> tuple[int, int]:
+        if self.writer is not None and self.bytes > DATA_FILE_MB * 2**20:
+            self.writer.close()
+            self.writer, self.bytes = None, 0
+            self.file += 1
+            if self.file == CHUNKS_SIZE:
+                self.chunk, self.file = self.chunk + 1, 0
+        if self.writer is None:
+            path = self.root / DATA_PATH.format(chunk_index=self.chunk, file_index=self.file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(path, self.schema)
+        self.writer.write_table(table)
+        self.bytes += table.nbytes
+        return self.chunk, self.file
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _features(first: Episode, video: bool, fps: float) -> dict:
+    feats = {
+        STATE: {"dtype": "float32", "shape": [first.state.shape[1]], "names": None},
+        ACTION: {"dtype": "float32", "shape": [first.action.shape[1]], "names": None},
+    }
+    for cam, img in first.images.items():
+        h, w = img.shape[1:3]
+        feat = {"dtype": "video" if video else "image", "shape": [h, w, 3],
+                "names": ["height", "width", "channels"]}
+        if video:
+            feat["info"] = {"video.height": h, "video.width": w, "video.codec": VIDEO_CODEC,
+                            "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
+                            "video.fps": _fps_json(fps), "video.channels": 3, "has_audio": False}
+        feats[IMAGE_PREFIX + cam] = feat
+    for name, dtype in INDEX_FEATURES.items():
+        feats[name] = {"dtype": dtype, "shape": [1], "names": None}
+    return feats
+
+
+def _schema(features: dict) -> pa.Schema:
+    fields = []
+    for key, ft in features.items():
+        if ft["dtype"] == "image":
+            fields.append(pa.field(key, pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
+        elif ft["dtype"] == "video":
+            continue
+        elif key in INDEX_FEATURES:
+            fields.append(pa.field(key, pa.from_numpy_dtype(np.dtype(ft["dtype"]))))
+        else:
+            fields.append(pa.field(key, pa.list_(pa.float32(), ft["shape"][0])))
+    return pa.schema(fields)
+
+
+def write_dataset(root, episodes: Iterable[Episode], fps: float, *, robot_type="wam-bench",
+                  video: bool = True, info_extra: dict | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write `episodes` (any iterable, consumed once) as a LeRobot v3.0 dataset at `root`.
+
+    Written into a sibling `root.tmp-XXXX` and renamed at the end, so a crash or a bad episode
+    never leaves a half dataset at `root`. An existing `root` is an error unless `overwrite`.
+    """
+    root = Path(root)
+    if root.exists() and not overwrite:
+        raise UserError(f"dataset {root}: already exists; delete it or pass overwrite")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+    try:
+        _write_into(tmp, episodes, fps, robot_type, video, info_extra or {})
+        if root.exists():
+            old = Path(tempfile.mkdtemp(prefix=root.name + ".old-", dir=root.parent))
+            os.replace(root, old / "d")
+            os.replace(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _write_into(root: Path, episodes: Iterable[Episode], fps: float, robot_type, video: bool,
+                info_extra: dict) -> None:
+    first = features = data = None
+    videos: dict[str, _VideoStream] = {}
+    stats: dict[str, _RunningStats] = {}
+    tasks: dict[str, int] = {}
+    ep_rows: list[dict] = []
+    total = 0
+    try:
+        for i, ep in enumerate(episodes):
+            _check_episode(i, ep, first)
+            if first is None:
+                first, features = ep, _features(ep, video, fps)
+                data = _DataFiles(root, _schema(features))
+                if video:
+                    for cam, img in ep.images.items():
+                        key = IMAGE_PREFIX + cam
+                        path = root / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
+                        videos[cam] = _VideoStream(path, fps, *img.shape[1:3])
+            T = len(ep)
+            task_index = tasks.setdefault(ep.task, len(tasks))
+            cols = {
+                STATE: np.asarray(ep.state, np.float32), ACTION: np.asarray(ep.action, np.float32),
+                "timestamp": (np.arange(T) / fps).astype(np.float32),
+                "frame_index": np.arange(T, dtype=np.int64),
+                "episode_index": np.full(T, i, np.int64),
+                "index": np.arange(total, total + T, dtype=np.int64),
+                "task_index": np.full(T, task_index, np.int64),
+            }
+            arrays = {k: pa.FixedSizeListArray.from_arrays(pa.array(cols[k].ravel()), cols[k].shape[1])
+                      for k in (STATE, ACTION)}
+            arrays.update({k: pa.array(cols[k]) for k in INDEX_FEATURES})
+            row = {"episode_index": i, "tasks": [ep.task], "length": T,
+                   "dataset_from_index": total, "dataset_to_index": total + T}
+            for cam, img in ep.images.items():
+                key = IMAGE_PREFIX + cam
+                if video:
+                    start = videos[cam].frames
+                    videos[cam].append(img)
+                    row.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+                                f"videos/{key}/from_timestamp": start / fps,
+                                f"videos/{key}/to_timestamp": (start + T) / fps})
+                else:
+                    arrays[key] = pa.array([{"bytes": _png(f), "path": None} for f in img],
+                                           type=data.schema.field(key).type)
+                stats.setdefault(key, _RunningStats()).add(img / 255.0, (0, 1, 2))
+            for k, v in cols.items():
+                stats.setdefault(k, _RunningStats()).add(v.reshape(T, -1), (0,))
+            chunk, file = data.write(pa.table({n: arrays[n] for n in data.schema.names},
+                                              schema=data.schema))
+            row.update({"data/chunk_index": chunk, "data/file_index": file,
+                        "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+                        EXTRA_COLUMN: json.dumps(ep.extra, sort_keys=True, default=str)})
+            ep_rows.append(row)
+            total += T
+    finally:
+        for stream in videos.values():
+            stream.close()
+        if data is not None:
+            data.close()
+    if first is None:
+        raise UserError(f"dataset {root}: no episodes to write")
+
+    meta = root / "meta"
+    ep_path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+    ep_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(ep_rows), ep_path)
+    task_names = sorted(tasks, key=tasks.get)
+    pq.write_table(pa.table({"task_index": pa.array([tasks[t] for t in task_names], pa.int64()),
+                             "__index_level_0__": pa.array(task_names, pa.large_string())}),
+                   meta / "tasks.parquet")
+    _pandas_index(meta / "tasks.parquet")
+    image_keys = {k for k, f in features.items() if f["dtype"] in ("image", "video")}
+    (meta / "stats.json").write_text(json.dumps(
+        {k: s.to_json(k in image_keys) for k, s in stats.items()}, indent=2))
+    info = {
+        "codebase_version": CODEBASE_VERSION, "robot_type": robot_type,
+        "total_episodes": len(ep_rows), "total_frames": total, "total_tasks": len(tasks),
+        "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILE_MB,
+        "video_files_size_in_mb": VIDEO_FILE_MB, "fps": _fps_json(fps),
+        "splits": {"train": f"0:{len(ep_rows)}"}, "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if video and videos else None, "features": features,
+        "wam_bench": info_extra,
+    }
+    (meta / "info.json").write_text(json.dumps(info, indent=4))
+
+
+def _pandas_index(path: Path) -> None:
+    """Tag `__index_level_0__` as the pandas index, as `DataFrame.to_parquet` does, so lerobot's
+    `pd.read_parquet(tasks.parquet)` gets the task strings as the index."""
+    table = pq.read_table(path)
+    pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": [
+        {"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+         "numpy_type": "int64", "metadata": None},
+        {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode",
+         "numpy_type": "object", "metadata": None}]}
+    pq.write_table(table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}), path)
+
+
+# --------------------------------------------------------------------------- reading
+
+class LeRobotData:
+    """An opened LeRobot v3.0 dataset: metadata in memory, episodes decoded on request."""
+
+    def __init__(self, root: Path, camera_map: dict[str, str] | None):
+        self.root = root
+        self.info = json.loads((root / "meta" / "info.json").read_text())
+        version = str(self.info.get("codebase_version", ""))
+        if not version.startswith("v3"):
+            raise UserError(f"dataset {root}: codebase_version {version!r} is not supported; "
+                            "convert it to v3.0 with lerobot's convert_dataset_v21_to_v30")
+        self.fps = float(self.info["fps"])
+        self.info_extra = self.info.get("wam_bench") or {}
+        feats = self.info["features"]
+        for key in (STATE, ACTION):
+            if key not in feats:
+                raise UserError(f"dataset {root}: no '{key}' feature in meta/info.json")
+        self._cameras = {}  # feature key -> short name
+        for key, ft in feats.items():
+            if ft["dtype"] in ("image", "video"):
+                if camera_map is not None:
+                    if key in camera_map:
+                        self._cameras[key] = camera_map[key]
+                else:
+                    self._cameras[key] = key.removeprefix(IMAGE_PREFIX)
+        if camera_map is not None and set(camera_map) - set(self._cameras):
+            raise UserError(f"dataset {root}: camera_map names {sorted(set(camera_map) - set(self._cameras))}"
+                            f" but its image features are {sorted(k for k in feats if feats[k]['dtype'] in ('image', 'video'))}")
+        self.camera_names = list(self._cameras.values())
+        self.stats = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in
+                      json.loads((root / "meta" / "stats.json").read_text()).items()} \
+            if (root / "meta" / "stats.json").exists() else {}
+        tasks = pq.read_table(root / "meta" / "tasks.parquet").to_pydict()
+        names = tasks.get("__index_level_0__") or tasks.get("task")
+        self._task_by_index = dict(zip(tasks["task_index"], names))
+        self.tasks = [self._task_by_index[i] for i in sorted(self._task_by_index)]
+        ep_files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+        eps = pa.concat_tables([pq.read_table(p) for p in ep_files]).to_pylist()
+        self._episodes = sorted(eps, key=lambda r: r["episode_index"])
+        self.num_episodes = len(self._episodes)
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.info["features"][STATE]["shape"][0])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.info["features"][ACTION]["shape"][0])
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def episode(self, i: int) -> Episode:
+        """Decode episode `i` (position in episode order) fully into memory."""
+        if not 0 <= i < self.num_episodes:
+            raise IndexError(f"episode {i} out of range (dataset has {self.num_episodes})")
+        meta = self._episodes[i]
+        ep_index = meta["episode_index"]
+        path = self.root / self.info["data_path"].format(
+            chunk_index=meta["data/chunk_index"], file_index=meta["data/file_index"])
+        image_cols = [k for k in self._cameras if self.info["features"][k]["dtype"] == "image"]
+        table = pq.read_table(path, columns=[STATE, ACTION, "frame_index", "task_index", *image_cols],
+                              filters=[("episode_index", "=", ep_index)])
+        table = table.sort_by("frame_index")
+        T = table.num_rows
+        state = _fixed_list(table[STATE], T)
+        action = _fixed_list(table[ACTION], T)
+        images = {}
+        for key, name in self._cameras.items():
+            if key in image_cols:
+                images[name] = np.stack([_decode_image(cell) for cell in table[key].to_pylist()])
+            else:
+                images[name] = self._decode_video(key, meta, T)
+        task = self._task_by_index[table["task_index"][0].as_py()] if T else meta["tasks"][0]
+        extra = json.loads(meta[EXTRA_COLUMN]) if meta.get(EXTRA_COLUMN) else {}
+        return Episode(task=task, state=state, action=action, images=images, extra=extra)
+
+    def episodes(self) -> Iterator[Episode]:
+        for i in range(self.num_episodes):
+            yield self.episode(i)
+
+    def _decode_video(self, key: str, meta: dict, T: int) -> np.ndarray:
+        """Frames of one episode from a (possibly multi-episode) mp4, picked by timestamp."""
+        import av
+        path = self.root / self.info["video_path"].format(
+            video_key=key, chunk_index=meta[f"videos/{key}/chunk_index"],
+            file_index=meta[f"videos/{key}/file_index"])
+        start = meta[f"videos/{key}/from_timestamp"]
+        want = start + np.arange(T) / self.fps
+        frames: list[np.ndarray | None] = [None] * T
+        half = 0.5 / self.fps
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if start > 0:
+                container.seek(int(start / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                t = float(frame.pts * stream.time_base)
+                if t > want[-1] + half:
+                    break
+                k = int(round((t - start) * self.fps))
+                if 0 <= k < T and abs(t - want[k]) < half:
+                    frames[k] = frame.to_ndarray(format="rgb24")
+        missing = [k for k, f in enumerate(frames) if f is None]
+        if missing:
+            raise UserError(f"dataset {self.root}: video {path.name} of {key} lacks frames "
+                            f"{missing[:5]} of episode {meta['episode_index']}; the file is damaged")
+        return np.stack(frames)
+
+
+def _fixed_list(col: pa.ChunkedArray, T: int) -> np.ndarray:
+    if T == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = col.combine_chunks()
+    return np.asarray(flat.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(T, -1)
+
+
+def _decode_image(cell) -> np.ndarray:
+    from PIL import Image
+    if cell.get("bytes") is None:
+        raise UserError(f"image cell refers to file {cell.get('path')!r}; only embedded images are read")
+    return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
+
+
+def open_dataset(root, *, camera_map: dict[str, str] | None = None) -> LeRobotData:
+    """Open the LeRobot v3.0 dataset at `root`; `camera_map` renames image features to short
+    camera names (default: strip "observation.images.")."""
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise UserError(f"dataset {root}: not a LeRobot dataset (no meta/info.json); "
+                        "write one with `wam-bench demos --suite tabletop`")
+    return LeRobotData(root, camera_map)
