@@ -138,7 +138,7 @@ class _VideoStream:
     def __init__(self, path: Path, fps: float, height: int, width: int):
         import av
         if height % 2 or width % 2:
-            raise UserError(f"video {path.parent.parent.parent.name}: {height}x{width} frames need "
+            raise UserError(f"camera {path.parent.parent.name}: {height}x{width} frames need "
                             "even sides for h264 yuv420p; write with video=False or resize")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w")
