@@ -1,0 +1,216 @@
+"""Reports: tables equal the store's numbers, plots are drawn, the page renders in a real browser."""
+import csv
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.errors import UserError
+from harness.report import write_report
+from harness.stats import bootstrap_ci, summarize, wilson
+from harness.store import CellKey, Result, Store
+from test_store import fake_episodes
+
+EXP = "abl"
+# (variant, suite, seed, level, n, success_p, latency_ms, effective steps)
+GRID = [
+    ("fastwam", "tabletop", 0, "O1-kvcache", 30, 0.7, 60.0, 10),
+    ("fastwam", "tabletop", 1, "O1-kvcache", 30, 0.6, 62.0, 10),
+    ("fastwam-joint", "tabletop", 0, "O1-kvcache", 30, 0.75, 180.0, 10),
+    ("fastwam-idm", "tabletop", 0, "O1-kvcache", 30, 0.7, 250.0, 10),
+    ("fastwam-no-cotrain", "tabletop", 0, "O1-kvcache", 30, 0.4, 58.0, 10),
+    ("fastwam", "libero_spatial", 0, "O1-kvcache", 24, 0.8, 70.0, 10),
+    ("fastwam-joint", "libero_spatial", 0, "O1-kvcache", 8, 0.8, 200.0, 10),     # too few episodes
+    ("dreamzero", "tabletop", 0, "O0-eager", 24, 0.6, 900.0, 16),
+    ("dreamzero", "tabletop", 0, "O1-kvcache", 24, 0.6, 500.0, 16),
+    ("dreamzero", "tabletop", 0, "O2-cfg-batch", 24, 0.6, 300.0, 16),
+    ("dreamzero", "tabletop", 0, "O3-dit-cache", 24, 0.5, 110.0, 5),
+    ("expert", "tabletop", 0, "reference", 30, 0.97, 0.1, 0),
+    ("random", "tabletop", 0, "reference", 30, 0.03, 0.1, 0),
+]
+
+
+def build_store(root: Path) -> Store:
+    store = Store(root)
+    for i, (v, s, seed, lvl, n, p, lat, eff) in enumerate(GRID):
+        key = CellKey(EXP, v, s, seed, lvl)
+        c = store.cell(key)
+        eps = fake_episodes(n, p, lat, seed=100 * i + seed, eff_steps=eff, n_errors=1 if v == "fastwam-idm" else 0)
+        for e in eps:
+            c.append_episode(e)
+        status = "partial" if v == "fastwam-no-cotrain" else "complete"
+        prov = {"git": {"commit": "a" * 40, "dirty": False}, "packages": {"torch": "2.13.0"},
+                "hardware": {"cpu": "Test CPU", "cores": 2, "memory_gb": 8.0, "gpu": None},
+                "hostname": "box", "mujoco_gl": "egl"}
+        c.write_result(Result(EXP, v, s, seed, lvl, status, metrics=summarize(eps), provenance=prov,
+                              started="2026-01-01T00:00:00+00:00", finished="2026-01-01T01:00:00+00:00"))
+    na = store.cell(CellKey(EXP, "dreamzero", "tabletop", 0, "O6-flash"))
+    na.write_result(Result(EXP, "dreamzero", "tabletop", 0, "O6-flash", "complete",
+                           extra={"n/a": "needs a checkpoint trained with the Flash schedule"}))
+    failed = store.cell(CellKey(EXP, "fastwam-idm", "libero_spatial", 0, "O1-kvcache"))
+    failed.write_result(Result(EXP, "fastwam-idm", "libero_spatial", 0, "O1-kvcache", "failed",
+                               extra={"error": "robosuite crashed"}))
+    for j, v in enumerate(["fastwam", "fastwam-no-cotrain", "dreamzero"]):
+        t = store.cell(CellKey(EXP, v, "tabletop", 0, "train"))
+        t.path.mkdir(parents=True)
+        rng = np.random.default_rng(j)
+        with open(t.path / "loss.jsonl", "w") as f:
+            for step in range(0, 500, 25):
+                lv = None if v == "fastwam-no-cotrain" else float(2 * np.exp(-step / 200) + 0.1 * rng.random())
+                la = float(1.5 * np.exp(-step / 150) + 0.05 * rng.random())
+                f.write(f'{{"step": {step}, "loss": {(lv or 0) + la}, "loss_video": {"null" if lv is None else lv}, '
+                        f'"loss_action": {la}, "lr": 0.0001, "samples_per_s": 40.0}}\n')
+    return store
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    store = build_store(root / "results")
+    out = root / "reports"
+    index = write_report(store.root, EXP, out)
+    return store, index
+
+
+def test_ablation_csv_equals_store(report):
+    store, index = report
+    rows = list(csv.DictReader(open(index.parent / "ablation.csv")))
+    got = {(r["variant"], r["suite"]): r for r in rows}
+    # headline level: the lowest present (O0-eager for dreamzero, O1-kvcache for fastwam*, reference rows)
+    assert got[("dreamzero", "tabletop")]["level"] == "O0-eager"
+    assert got[("fastwam", "tabletop")]["level"] == "O1-kvcache"
+    assert got[("expert", "tabletop")]["level"] == "reference"
+    assert ("dreamzero", "libero_spatial") not in got
+    checked = 0
+    for (v, s), r in got.items():
+        eps = [e for c in store.cells(EXP) if (c.key.variant, c.key.suite, c.key.opt_level) == (v, s, r["level"])
+               for e in c.episodes()]
+        ok = [e for e in eps if e["error"] is None]
+        if not eps:
+            assert r["n_episodes"] == "0" and r["success_pct"] == ""
+            continue
+        k, n = sum(e["success"] for e in ok), len(ok)
+        lo, hi = wilson(k, n)
+        prog = [e["progress"] for e in ok]
+        plo, phi = bootstrap_ci(prog)
+        assert int(r["n_valid"]) == n and int(r["n_success"]) == k and int(r["n_errors"]) == len(eps) - n
+        assert float(r["success_pct"]) == pytest.approx(100 * k / n, abs=1e-4)
+        assert float(r["success_lo_pct"]) == pytest.approx(100 * lo, abs=1e-4)
+        assert float(r["success_hi_pct"]) == pytest.approx(100 * hi, abs=1e-4)
+        assert float(r["progress_mean"]) == pytest.approx(np.mean(prog), abs=1e-4)
+        assert float(r["progress_lo"]) == pytest.approx(plo, abs=1e-4)
+        assert float(r["progress_hi"]) == pytest.approx(phi, abs=1e-4)
+        checked += 1
+    assert checked == 9 and len(got) == 10
+    assert got[("fastwam", "tabletop")]["seeds"] == "0 1" and int(got[("fastwam", "tabletop")]["n_valid"]) == 60
+    assert float(got[("fastwam", "libero_spatial")]["paper_success_pct"]) == 98.2
+    assert got[("fastwam", "tabletop")]["paper_success_pct"] == ""
+    assert got[("fastwam-idm", "libero_spatial")]["status"] == "failed"
+    md = (index.parent / "ablation.md").read_text()
+    r = got[("fastwam-joint", "tabletop")]
+    assert f"{float(r['success_pct']):.1f} [{float(r['success_lo_pct']):.1f}, {float(r['success_hi_pct']):.1f}]" in md
+    tex = (index.parent / "ablation.tex").read_text()
+    assert r"\toprule" in tex and r"\cmidrule" in tex and r"libero\_spatial" in tex and "98.2" in tex
+
+
+def test_ladder_speedups(report):
+    store, index = report
+    rows = {r["level"]: r for r in csv.DictReader(open(index.parent / "ladder.csv"))
+            if r["variant"] == "dreamzero"}
+    assert list(rows) == ["O0-eager", "O1-kvcache", "O2-cfg-batch", "O3-dit-cache", "O6-flash"]
+    p50 = {}
+    for lvl in ["O0-eager", "O3-dit-cache"]:
+        eps = store.cell(CellKey(EXP, "dreamzero", "tabletop", 0, lvl)).episodes()
+        p50[lvl] = np.percentile([v for e in eps for v in e["latency_ms"]][1:], 50)
+    assert float(rows["O0-eager"]["speedup"]) == 1.0
+    assert float(rows["O3-dit-cache"]["speedup"]) == pytest.approx(p50["O0-eager"] / p50["O3-dit-cache"], abs=1e-3)
+    assert float(rows["O3-dit-cache"]["effective_steps"]) == 5
+    assert float(rows["O3-dit-cache"]["paper_speedup_h100"]) == 5.5
+    assert rows["O6-flash"]["na_reason"].startswith("needs a checkpoint") and rows["O6-flash"]["speedup"] == ""
+
+
+def test_plots_written(report):
+    _, index = report
+    for name in ("pareto", "ablation", "ladder", "losses", "per_task"):
+        for ext in ("png", "svg"):
+            p = index.parent / f"{name}.{ext}"
+            assert p.stat().st_size > 5000, p
+        assert (index.parent / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_lists_problems_and_provenance(report):
+    _, index = report
+    page = index.read_text()
+    assert page.count("data:image/png;base64,") == 5 and "Not drawn" not in page
+    assert "fastwam-idm / libero_spatial / O1-kvcache: not complete (seed0 failed)" in page
+    assert "fastwam-joint / libero_spatial / O1-kvcache: only 8 valid episodes" in page
+    assert "fastwam-no-cotrain / tabletop / O1-kvcache: not complete (seed0 partial)" in page
+    assert "dreamzero / tabletop / O6-flash: not applicable" in page
+    assert "missing: fastwam-no-cotrain / libero_spatial / O1-kvcache (headline level): no cell" in page
+    assert "fastwam-idm / libero_spatial / O1-kvcache: only" not in page        # failed, said once
+    assert "These results mix" not in page                                                   # one commit, one machine
+    assert "aaaaaaaaaaaa" in page and "Test CPU" in page and "2026-01-01T00:00:00+00:00" in page
+
+
+def test_report_is_deterministic(report, tmp_path):
+    store, index = report
+    again = write_report(store.root, EXP, tmp_path)
+    for f in sorted(index.parent.iterdir()):
+        assert (again.parent / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_empty_store_and_experiment(tmp_path, capsys):
+    from harness.cli import main
+    with pytest.raises(UserError, match="no experiment 'nope'"):
+        write_report(tmp_path / "results", "nope", tmp_path / "reports")
+    assert main(["report", "--root", str(tmp_path / "results"), "--out", str(tmp_path / "r")]) == 2
+    assert "no experiments in" in capsys.readouterr().err
+    (tmp_path / "results" / "bare").mkdir(parents=True)
+    with pytest.raises(UserError, match="has no cells"):
+        write_report(tmp_path / "results", "bare", tmp_path / "reports")
+    # cells that exist but hold nothing yet: a page that says so, no plots, no crash
+    Store(tmp_path / "results").cell(CellKey("bare", "fastwam", "tabletop", 0, "O1-kvcache")).path.mkdir(parents=True)
+    page = write_report(tmp_path / "results", "bare", tmp_path / "reports").read_text()
+    assert page.count("Not drawn:") == 5 and "data:image" not in page
+    assert "fastwam / tabletop / O1-kvcache: not complete (seed0 empty)" in page
+    assert not list((tmp_path / "reports" / "bare").glob("*.png"))
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                "--enable-logging=stderr", "--v=0"]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_page_renders_in_chromium(report, tmp_path):
+    """Open the page in headless Chromium: no console errors, every image decoded, a screenshot not blank."""
+    _, index = report
+    probe = tmp_path / "probe.html"
+    # the same page plus a script that reports, in the DOM, how many images decoded
+    probe.write_text(index.read_text().replace(
+        "</body>", "<script>addEventListener('load',()=>{const i=[...document.images];"
+        "document.body.insertAdjacentHTML('beforeend','<pre id=probe>'+i.length+' '+"
+        "i.filter(x=>x.complete&&x.naturalWidth>0).length+'</pre>')});</script></body>"))
+    base = [_chromium(), *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*base, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert "<pre id=\"probe\">5 5</pre>" in dom.stdout, dom.stdout[-500:] + dom.stderr[-2000:]
+    shot = tmp_path / "shot.png"
+    r = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,3000", index.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    console = [ln for ln in (dom.stderr + r.stderr).splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert console == [], console
+    assert shot.exists(), r.stderr[-2000:]
+    import matplotlib.image as mpimg
+    img = mpimg.imread(shot)
+    assert img.shape[0] >= 2900 and img.shape[1] >= 1100
+    assert img[..., :3].std() > 0.05                       # not a blank page
+    assert img[1500:, :, :3].std() > 0.05                  # the plots further down rendered too
+    os.environ.get("KEEP_SHOT") and shutil.copy(shot, os.environ["KEEP_SHOT"])
