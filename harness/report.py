@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.reference import paper_ladder, paper_success_pct, papers
 from harness.stats import per_task, summarize
-from harness.store import REFERENCE_LEVEL, Cell, CellKey, Store
+from harness.store import REFERENCE_LEVEL, Cell, CellKey, Store, na_reason
 
 LEVELS = ["O0-eager", "O1-kvcache", "O2-cfg-batch", "O3-dit-cache", "O4-compile", "O5-lowp", "O6-flash"]
 VARIANTS = ["fastwam", "fastwam-joint", "fastwam-idm", "fastwam-no-cotrain", "dreamzero", "dreamzero-flash"]
@@ -103,16 +103,6 @@ class Collected:
         return min(levels, key=level_order) if levels else None
 
 
-def _na_reason(result: dict | None) -> str | None:
-    if not result:
-        return None
-    extra = result.get("extra") or {}
-    for key in ("n/a", "na", "not_applicable"):
-        if extra.get(key):
-            return str(extra[key])
-    return None
-
-
 def collect(store: Store, experiment: str, expected: list[CellKey] | None = None,
             min_episodes: int = MIN_EPISODES) -> Collected:
     cells = store.cells(experiment)
@@ -129,7 +119,7 @@ def collect(store: Store, experiment: str, expected: list[CellKey] | None = None
             results.append(res)
         g.cells.append(c)
         g.statuses.append(c.status())
-        g.na_reason = g.na_reason or _na_reason(res)
+        g.na_reason = g.na_reason or na_reason(res)
         g.episodes.extend(c.episodes())
     for g in groups.values():
         g.metrics = summarize(g.episodes)
@@ -154,7 +144,7 @@ def collect(store: Store, experiment: str, expected: list[CellKey] | None = None
     # grid holes: a variant run on some suites but not on another at its headline level
     col = Collected(experiment, groups, train, cells, results, notes, missing, min_episodes)
     model_suites = sorted({k[1] for k in groups if k[0] not in REFERENCE_ORDER}, key=suite_order)
-    for v in col.variants:
+    for v in col.variants if expected is None else []:  # the run's own grid, when given, is exact
         h = col.headline_level(v)
         if v in REFERENCE_ORDER or h is None:
             continue
@@ -442,6 +432,7 @@ def plot_ablation(col: Collected, rows: list[dict], out: Path) -> str:
             ax.scatter(paper_x, paper_y, marker="_", s=200, color="k", zorder=3,
                        label="paper" if i == 0 or not any(c.get_label() == "paper" for c in ax.collections) else None)
     ax.set_xticks(range(len(suites)), suites)
+    ax.set_xlim(-0.5, len(suites) - 0.5)
     ax.set_ylabel("success % (Wilson 95% CI)")
     ax.set_ylim(0, 105)
     ax.set_title("Ablation at each variant's headline level")
@@ -498,6 +489,7 @@ def plot_losses(col: Collected, out: Path) -> str:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)

@@ -305,6 +305,15 @@ class Cell:
         return "partial" if self.episodes_path.exists() else "empty"
 
 
+def na_reason(result: dict | None) -> str | None:
+    """Why a level does not apply to a cell (result.json extra["n/a"]), or None when it does."""
+    extra = (result or {}).get("extra") or {}
+    for key in ("n/a", "na", "not_applicable"):
+        if extra.get(key):
+            return str(extra[key])
+    return None
+
+
 class Store:
     """The results tree under `root`; cells are found by walking the folders, not by an index file."""
 
@@ -355,7 +364,7 @@ def cell_row(cell: Cell) -> dict:
     from harness.stats import summarize
     k = cell.key
     row = {"experiment": k.experiment, "variant": k.variant, "suite": k.suite, "seed": k.seed,
-           "level": k.opt_level, "status": cell.status(), "n": "", "success % [CI]": "",
+           "level": k.opt_level, "status": "n/a" if na_reason(cell.result()) else cell.status(), "n": "", "success % [CI]": "",
            "progress": "", "latency p50 ms": ""}
     if k.is_train:
         losses = cell.losses()

@@ -214,3 +214,14 @@ def test_page_renders_in_chromium(report, tmp_path):
     assert img[..., :3].std() > 0.05                       # not a blank page
     assert img[1500:, :, :3].std() > 0.05                  # the plots further down rendered too
     os.environ.get("KEEP_SHOT") and shutil.copy(shot, os.environ["KEEP_SHOT"])
+
+
+def test_expected_grid_names_cells_that_never_ran(report):
+    from harness.report import collect
+    store, _ = report
+    want = [CellKey(EXP, "fastwam", "tabletop", 0, "O1-kvcache"), CellKey(EXP, "fastwam", "libero_goal", 0, "O1-kvcache")]
+    col = collect(store, EXP, expected=want)
+    assert col.missing == ["fastwam / libero_goal / seed0 / O1-kvcache"]   # the grid replaces the guess
+    guessed = collect(store, EXP).missing
+    assert "dreamzero / libero_spatial / O0-eager (headline level): no cell, while other variants ran libero_spatial" \
+        in guessed
