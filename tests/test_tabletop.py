@@ -106,3 +106,14 @@ def test_bad_input_gives_clear_errors(spec):
         make_env(bad, 0)
     with pytest.raises(ConfigError, match="unknown tabletop option"):
         make_env(dataclasses.replace(spec, options={"max_stepp": 1}), 0)
+
+
+def test_bench_sim_measures_three_modes_side_by_side():
+    from types import SimpleNamespace
+
+    from harness.bench import sim
+    out = sim.measure(SimpleNamespace(quick=True, suite="tabletop", budget_s=1.5, include_path=[]))
+    f = out["figures"]
+    assert {"sim_steps_per_s", "sim_steps_per_s_policy_cadence"} <= set(f) and f["frame_stride"] == 4
+    assert f["sim_steps_per_s"] > f["sim_steps_per_s_render_every_step"] > 0
+    assert [r["frames"] for r in out["rows"]] == [0, out["rows"][1]["steps"] // 4, out["rows"][2]["steps"]]
