@@ -67,6 +67,8 @@ def make_demos(spec: SuiteSpec, episodes: int, seed: int = 0, out=None, workers:
         raise UserError(f"--episodes must be at least 1, got {episodes}")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if noise is not None and not noise >= 0:
+        raise UserError(f"--noise must be a non-negative number, got {noise}")
     if not spec.tasks:
         raise UserError(f"suite '{spec.name}' has no tasks")
     out = Path(out) if out is not None else default_out(spec, episodes, seed, noise)
