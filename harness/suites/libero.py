@@ -1,0 +1,252 @@
+"""LIBERO suites through the real `libero` package (robosuite + MuJoCo).
+
+The protocol (settle steps, max steps, cameras, rotation, gripper sign, init states) lives in
+suites/libero_*.yaml; this module applies it. Set-up a user would do by hand (the package's
+config file, pointing it at an assets folder) is done here, never by a prompt: `setup()` writes
+the config into a folder it owns and points the package at the assets folder given by the suite
+option `assets`, `--libero-assets`, or `$LIBERO_ASSETS` (read at call time), falling back to the
+package's own locations. Cameras are rendered only in `observe(render=True)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.config import ConfigError, SuiteSpec
+from harness.errors import UserError
+from harness.suites.base import Observation, SimulatorError, SuiteEnv
+
+CONFIG_DIR = Path.home() / ".cache" / "wam-bench" / "libero"
+ASSET_SUBDIRS = ("articulated_objects", "stable_scanned_objects", "turbosquid_objects", "stable_hope_objects", "scenes")
+CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # suite name -> robosuite name
+SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # no motion, gripper open
+BENCHMARKS = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+
+OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "robosuite_camera_obs"}  # suite `options` keys
+_state: dict = {}  # per process: the assets folder in use, its checksum
+
+
+# --------------------------------------------------------------------------- set-up
+
+def _package_dir() -> Path:
+    spec = importlib.util.find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the LIBERO suites need the libero stack: pip install --no-deps hf-libero==0.1.4 && "
+                        "pip install robosuite==1.4.0 bddl==1.0.1 termcolor future easydict gymnasium (or `pip install -e .[libero]`)")
+    return Path(list(spec.submodule_search_locations)[0]) / "libero"
+
+
+def _is_assets(p: Path) -> bool:
+    return p.is_dir() and all((p / d).is_dir() for d in ASSET_SUBDIRS[:4])
+
+
+def find_assets(explicit: str | os.PathLike | None = None) -> Path:
+    """The assets folder: explicit > $LIBERO_ASSETS > the package's folder > ~/.cache/libero/assets."""
+    if explicit or os.environ.get("LIBERO_ASSETS"):
+        p = Path(os.path.expanduser(str(explicit or os.environ["LIBERO_ASSETS"]))).resolve()
+        src = "the suite option / --libero-assets" if explicit else "$LIBERO_ASSETS"
+        if not _is_assets(p):
+            raise UserError(f"LIBERO assets folder {p} (from {src}) is missing or lacks {', '.join(ASSET_SUBDIRS[:4])}")
+        return p
+    for p in (_package_dir() / "assets", Path.home() / ".cache" / "libero" / "assets"):
+        if _is_assets(p):
+            return p.resolve()
+    raise UserError("no LIBERO assets found: put the LIBERO `assets` folder at ~/.cache/libero/assets, or pass "
+                    "--libero-assets DIR / set LIBERO_ASSETS=DIR (the folder holding scenes/, stable_scanned_objects/, ...)")
+
+
+def setup(assets: str | os.PathLike | None = None) -> Path:
+    """Write the package's config, point it at the assets, import it; returns the assets folder."""
+    path = find_assets(assets)
+    if _state.get("assets") == path:
+        return path
+    pkg = _package_dir()
+    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+    import yaml
+    cfg = {"benchmark_root": str(pkg), "bddl_files": str(pkg / "bddl_files"), "init_states": str(pkg / "init_files"),
+           "datasets": str(CONFIG_DIR / "datasets"), "assets": str(path)}
+    tmp = CONFIG_DIR / f"config.yaml.{os.getpid()}"
+    tmp.write_text(yaml.safe_dump(cfg))
+    os.replace(tmp, CONFIG_DIR / "config.yaml")  # atomic: parallel workers may write it at once
+    os.environ["LIBERO_CONFIG_PATH"] = str(CONFIG_DIR)
+    os.environ.setdefault("MUJOCO_GL", "egl")  # robosuite picks its GL context at import
+    import libero.libero as ll
+    ll.config_file = str(CONFIG_DIR / "config.yaml")  # in case it was imported earlier
+    ll._assets_path_cache = str(path)
+    _state["assets"] = path
+    return path
+
+
+def assets_checksum(path: Path) -> str:
+    """sha256 of `find . -type f | sort | xargs sha256sum` inside the folder (as its README)."""
+    key = ("sum", str(path))
+    if key not in _state:
+        lines = []
+        files = sorted((f for f in path.rglob("*") if f.is_file()), key=lambda f: ("./" + f.relative_to(path).as_posix()).encode())
+        for f in files:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            lines.append(f"{h.hexdigest()}  ./{f.relative_to(path).as_posix()}\n")
+        _state[key] = hashlib.sha256("".join(lines).encode()).hexdigest()
+    return _state[key]
+
+
+def provenance(assets: str | os.PathLike | None = None) -> dict:
+    """Everything outside the harness that moves a LIBERO score: record it in every result."""
+    path = setup(assets)
+
+    def ver(dist):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+    return {"libero": ver("hf-libero"), "robosuite": ver("robosuite"), "mujoco": ver("mujoco"),
+            "mujoco_gl": os.environ.get("MUJOCO_GL"), "assets": str(path), "assets_sha256": assets_checksum(path)}
+
+
+def benchmark(name: str):
+    """The libero package's benchmark object (task list, BDDL files, init states)."""
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown LIBERO benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
+    from libero.libero import benchmark as bm
+    return bm.get_benchmark_dict()[name]()
+
+
+def quat2axisangle(q: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) quaternion -> axis-angle, as robosuite / the LeRobot LIBERO datasets."""
+    w = float(np.clip(q[3], -1.0, 1.0))
+    den = np.sqrt(1.0 - w * w)
+    if den < 1e-8:
+        return np.zeros(3)
+    return np.asarray(q[:3]) * 2.0 * np.arccos(w) / den
+
+
+# --------------------------------------------------------------------------- the environment
+
+class LiberoEnv(SuiteEnv):
+    """One LIBERO task: fixed init states, settle steps, on-demand cameras, BDDL task progress."""
+
+    def __init__(self, spec: SuiteSpec, task_index: int):
+        super().__init__(spec, task_index)
+        opts = spec.options
+        unknown = set(opts) - OPTIONS
+        if unknown:
+            raise ConfigError(f"suite '{spec.name}': unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTIONS))}")
+        self.assets = setup(opts.get("assets"))
+        self.bench = benchmark(opts.get("benchmark", spec.name))
+        self.task_id = int(self.task.options.get("task_id", task_index))
+        if not 0 <= self.task_id < self.bench.n_tasks:
+            raise ConfigError(f"suite '{spec.name}' task '{self.task.name}': task_id {self.task_id} out of range "
+                              f"(benchmark {self.bench.name} has {self.bench.n_tasks} tasks)")
+        self.cameras = {c: CAMERAS.get(c, c) for c in spec.cameras}
+        self.rotate = bool(opts.get("rotate_180", True))
+        self.camera_obs = bool(opts.get("robosuite_camera_obs", False))  # True: robosuite renders every step
+        self._init_states = None
+        from libero.libero.envs import OffScreenRenderEnv
+        try:
+            self.env = OffScreenRenderEnv(
+                bddl_file_name=self.bench.get_task_bddl_file_path(self.task_id),
+                camera_heights=spec.image_size, camera_widths=spec.image_size,
+                camera_names=list(self.cameras.values()), use_camera_obs=self.camera_obs,
+                control_freq=int(spec.control_hz))
+        except Exception as e:  # noqa: BLE001 - the simulator's own failure
+            raise SimulatorError(f"LIBERO env for {self.bench.name} task {self.task_id}: {type(e).__name__}: {e}") from e
+        self.inner = self.env.env
+        self.goal = list(self.inner.parsed_problem["goal_state"])
+        self.expert = None
+        self._obs: dict = {}
+        self.max_progress = 0.0
+        self.steps = 0
+
+    # ------------------------------------------------------------------ protocol
+    def init_states(self) -> np.ndarray:
+        if self._init_states is None:
+            self._init_states = np.asarray(self.bench.get_task_init_states(self.task_id))
+        return self._init_states
+
+    def reset(self, init_index: int | None, seed: int) -> None:
+        try:
+            self.env.seed(int(seed))  # LIBERO seeds numpy's global generator; placements draw from it
+            self._obs = self.env.reset()
+            if init_index is not None:
+                states = self.init_states()
+                if not 0 <= init_index < len(states):
+                    raise ConfigError(f"{self.bench.name} task {self.task_id} has {len(states)} init states; "
+                                      f"init index {init_index} is out of range")
+                self._obs = self.env.set_init_state(states[init_index])
+            for _ in range(self.spec.settle_steps):
+                self._obs, *_ = self.env.step(SETTLE_ACTION)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise SimulatorError(f"LIBERO reset failed: {type(e).__name__}: {e}") from e
+        self.steps = 0
+        self.max_progress = self.progress()
+        self.expert = None
+
+    def render(self, camera: str) -> np.ndarray:
+        """One camera image, (H, W, 3) uint8, rotated 180° as the published protocol."""
+        size = self.spec.image_size
+        img = self.inner.sim.render(camera_name=self.cameras.get(camera, camera), width=size, height=size)
+        return np.ascontiguousarray(img[::-1, ::-1] if self.rotate else img[::-1])
+
+    def state(self) -> np.ndarray:
+        o = self._obs
+        return np.concatenate([o["robot0_eef_pos"], quat2axisangle(o["robot0_eef_quat"]),
+                               o["robot0_gripper_qpos"]]).astype(np.float32)
+
+    def observe(self, render: bool = True) -> Observation:
+        images = {}
+        if render:
+            try:
+                images = {c: self.render(c) for c in self.cameras}
+            except Exception as e:  # noqa: BLE001
+                raise SimulatorError(f"LIBERO render failed: {type(e).__name__}: {e}") from e
+        return Observation(images=images, state=self.state(), instruction=self.task.instruction)
+
+    def step(self, action: np.ndarray) -> None:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (7,):
+            raise ValueError(f"LIBERO action must be 7-d (delta EEF pos, axis-angle, gripper), got shape {a.shape}")
+        try:
+            self._obs, *_ = self.env.step(a)
+        except Exception as e:  # noqa: BLE001
+            raise SimulatorError(f"LIBERO step failed: {type(e).__name__}: {e}") from e
+        self.steps += 1
+        self.max_progress = max(self.max_progress, self.progress())
+
+    def success(self) -> bool:
+        return bool(self.env.check_success())
+
+    def progress(self) -> float:
+        """Fraction of the BDDL goal predicates satisfied now."""
+        if not self.goal:
+            return float(self.success())
+        return float(np.mean([bool(self.inner._eval_predicate(p)) for p in self.goal]))
+
+    def predicates(self) -> list[tuple[list, bool]]:
+        return [(p, bool(self.inner._eval_predicate(p))) for p in self.goal]
+
+    def expert_action(self) -> np.ndarray:
+        if self.expert is None:
+            from harness.suites.libero_experts import PickPlaceExpert
+            self.expert = PickPlaceExpert(self)
+        return self.expert.act()
+
+    def provenance(self) -> dict:
+        return provenance(self.assets)
+
+    def close(self) -> None:
+        env, self.env = getattr(self, "env", None), None
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - GL teardown errors at exit are harmless
+                pass
