@@ -23,9 +23,9 @@ bench: $(STAMP)
 setup: $(STAMP)
 
 sysdeps:
-	@if ! ldconfig -p | grep -q libEGL.so.1 || ! ldconfig -p | grep -q libOSMesa; then \
+	@if ! ldconfig -p | grep -q libEGL.so.1 || ! ldconfig -p | grep -q libOSMesa || ! command -v chromium >/dev/null; then \
 	  (command -v apt-get >/dev/null && apt-get update -qq && \
-	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libosmesa6 libglvnd0 ffmpeg >/dev/null) || \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libosmesa6 libglvnd0 ffmpeg chromium >/dev/null) || \
 	  echo "warning: could not install libegl1/libosmesa6; set MUJOCO_GL to a working backend"; fi
 
 $(STAMP): pyproject.toml | sysdeps

@@ -302,7 +302,7 @@ class Registry:
         for root in self.roots:
             for folder in {root / sub, root} if root != ROOT else {root / sub}:
                 for f in sorted(folder.glob("*.yaml")):
-                    if f.stem == "opt_levels":
+                    if f.stem == "opt_levels" or f.stem.startswith("_"):
                         continue
                     if root != ROOT and folder == root and not self._looks_like(kind, f):
                         continue

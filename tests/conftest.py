@@ -3,6 +3,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -16,7 +17,39 @@ LIBERO_ASSETS = SHARED / "libero_assets" / "assets"
 def _torch_threads():
     try:
         import torch
+        torch.set_num_threads(1)  # two cores, often shared: one thread per process is fastest
         torch.manual_seed(0)
     except ImportError:
         pass
     yield
+
+
+def write_toy_dataset(root, episodes=3, T=30, size=32, seed=0, nan=False):
+    """A small LeRobot dataset of a square moving with the action (made here, no download)."""
+    import numpy as np
+    from harness.data.lerobot import Episode, write_dataset
+    rng = np.random.default_rng(seed)
+    eps = []
+    for e in range(episodes):
+        pos = rng.uniform(4, size - 12, 2)
+        imgs, states, acts = [], [], []
+        for t in range(T):
+            a = np.array([np.sin(t / 5 + e), np.cos(t / 7 + e), 0.1 * e, 1.0 if t > T // 2 else -1.0], np.float32)
+            img = np.zeros((size, size, 3), np.uint8)
+            x, y = np.clip(pos, 0, size - 8).astype(int)
+            img[y:y + 8, x:x + 8] = [200, 40 * e, 60]
+            imgs.append(img)
+            states.append(np.array([*pos / size, t / T, e], np.float32))
+            acts.append(a)
+            pos = pos + a[:2]
+        action = np.stack(acts)
+        if nan:
+            action[:] = np.nan
+        eps.append(Episode(task=["push the square left", "lift the square", "move it up"][e % 3],
+                           state=np.stack(states), action=action, images={"front": np.stack(imgs)}))
+    return write_dataset(root, eps, fps=10, video=False)
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy") / "ds")

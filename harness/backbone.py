@@ -1,0 +1,291 @@
+"""The one Mixture-of-Transformers diffusion transformer every variant shares.
+
+Two experts with their own weights — a video expert (Wan-style DiT block) and a smaller action
+expert — meet in one joint scaled-dot-product attention per layer over `[prefix | video | action]`
+with a boolean mask. The mask (harness/masks.py) is the only thing most variants change.
+
+Read top to bottom: embeddings, RoPE, the expert (one layer's weights for one modality), the
+joint block, the model. K/V of tokens whose attention is closed to the rest (a clean F0, the
+observed chunks) can be returned and passed back as `prefix`, so inference encodes them once.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.config import BackboneSpec
+
+
+# --------------------------------------------------------------------------- embeddings
+
+def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of σ·1000 for every token: (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+    args = sigma.float()[..., None] * 1000.0 * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimeEmbed(nn.Module):
+    """Per-token timestep -> (hidden, 6 adaLN vectors). Computed once, shared by all blocks (Wan)."""
+
+    def __init__(self, dim: int, freq_dim: int = 128):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, sigma: torch.Tensor):
+        t = self.mlp(timestep_embedding(sigma, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return t, self.proj(t)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype) * self.weight
+
+
+# --------------------------------------------------------------------------- RoPE
+
+def _rope_angles(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
+    """Angles (N, dim/2) for integer positions `pos` (N,)."""
+    inv = 1.0 / theta ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim)
+    return pos.float()[:, None] * inv
+
+
+def rope_3d(pos: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """Video: head dim split over (frame, height, width) as in Wan; pos (N, 3) -> angles (N, hd/2)."""
+    hw = 2 * (head_dim // 6)
+    t = head_dim - 2 * hw
+    return torch.cat([_rope_angles(pos[:, 0], t, theta), _rope_angles(pos[:, 1], hw, theta),
+                      _rope_angles(pos[:, 2], hw, theta)], dim=-1)
+
+
+def rope_1d(pos: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    return _rope_angles(pos, head_dim, theta)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """x (B, heads, N, hd) rotated pairwise by angles (N, hd/2)."""
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+# --------------------------------------------------------------------------- one expert, one layer
+
+class Expert(nn.Module):
+    """One modality's weights in one layer. Its q/k/v live at the shared attention width."""
+
+    def __init__(self, dim: int, attn_dim: int, heads: int, text_dim: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * attn_dim)
+        self.q_norm, self.k_norm = RMSNorm(attn_dim), RMSNorm(attn_dim)
+        self.out = nn.Linear(attn_dim, dim)
+        self.norm_x = nn.LayerNorm(dim, eps=1e-6)
+        self.cross_q = nn.Linear(dim, dim)
+        self.cross_kv = nn.Linear(text_dim, 2 * dim)
+        self.cross_out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.table = nn.Parameter(torch.randn(6, dim) / dim ** 0.5)  # per-block adaLN offset (Wan)
+
+    def qkv_heads(self, x, mod, angles):
+        """adaLN-modulated input -> q, k, v as (B, heads, N, hd), q/k RMS-normed and rotated."""
+        shift, scale = mod[0], mod[1]
+        h = self.norm1(x) * (1 + scale) + shift
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        q, k = self.q_norm(q), self.k_norm(k)
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        return apply_rope(q, angles), apply_rope(k, angles), v
+
+    def finish(self, x, attn, mod, ctx):
+        """Attention residual (gated), cross-attention to text+state, gated MLP residual."""
+        x = x + mod[2] * self.out(attn)
+        q = self.cross_q(self.norm_x(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.cross_kv(ctx).chunk(2, dim=-1))
+        x = x + self.cross_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2))
+        h = self.norm2(x) * (1 + mod[4]) + mod[3]
+        return x + mod[5] * self.mlp(h)
+
+
+class MoTBlock(nn.Module):
+    def __init__(self, spec: BackboneSpec):
+        super().__init__()
+        self.video = Expert(spec.video_dim, spec.video_dim, spec.heads, spec.text_dim, spec.mlp_ratio)
+        self.action = Expert(spec.action_dim, spec.video_dim, spec.heads, spec.text_dim, spec.mlp_ratio)
+
+    def forward(self, xv, xa, mv, ma, angles_v, angles_a, ctx, mask, prefix):
+        """One layer. Returns new (xv, xa) and this layer's (k, v) for the current tokens."""
+        parts = []
+        if xv is not None:
+            parts.append(self.video.qkv_heads(xv, mv, angles_v))
+        if xa is not None:
+            parts.append(self.action.qkv_heads(xa, ma, angles_a))
+        q, k, v = (torch.cat(t, dim=2) for t in zip(*parts))
+        kv = (k, v)
+        if prefix is not None:
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(-2)
+        nv = xv.shape[1] if xv is not None else 0
+        if xv is not None:
+            xv = self.video.finish(xv, o[:, :nv], mv, ctx)
+        if xa is not None:
+            xa = self.action.finish(xa, o[:, nv:], ma, ctx)
+        return xv, xa, kv
+
+
+# --------------------------------------------------------------------------- text
+
+class HashedText(nn.Module):
+    """Tiny text encoder for CPU configs: hashed words -> learned embeddings + positions.
+
+    Token id 0 is padding; an all-padding prompt is the unconditional (CFG) context."""
+
+    def __init__(self, vocab: int, max_tokens: int, dim: int):
+        super().__init__()
+        self.vocab, self.max_tokens = vocab, max_tokens
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+
+    def tokenize(self, prompts: list[str | None]) -> torch.Tensor:
+        ids = torch.zeros(len(prompts), self.max_tokens, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            words = (p or "").lower().replace(",", " ").replace(".", " ").split()[: self.max_tokens]
+            for j, w in enumerate(words):
+                ids[i, j] = 1 + zlib.crc32(w.encode()) % (self.vocab - 1)
+        return ids
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.embed(ids) + self.pos[: ids.shape[1]])
+
+
+# --------------------------------------------------------------------------- the model
+
+@dataclass
+class Tokens:
+    """One modality's current tokens: values (B, N, C), RoPE positions, per-token σ (B, N)."""
+    x: torch.Tensor
+    pos: torch.Tensor
+    sigma: torch.Tensor
+
+
+class MoTDiT(nn.Module):
+    def __init__(self, spec: BackboneSpec, latent_channels: int, action_size: int, state_size: int):
+        super().__init__()
+        self.spec = spec
+        if spec.video_dim % spec.heads or spec.action_dim % spec.heads:
+            raise ValueError(f"backbone '{spec.name}': video_dim and action_dim must divide by heads")
+        self.head_dim = spec.video_dim // spec.heads
+        self.video_in = nn.Linear(latent_channels, spec.video_dim)
+        self.action_in = nn.Linear(action_size, spec.action_dim)
+        self.video_time = TimeEmbed(spec.video_dim)
+        self.action_time = TimeEmbed(spec.action_dim)
+        self.text = HashedText(spec.text.vocab, spec.text.max_tokens, spec.text_dim)
+        self.state_in = nn.Linear(state_size, spec.text_dim)
+        self.blocks = nn.ModuleList(MoTBlock(spec) for _ in range(spec.layers))
+        self.video_out_norm = nn.LayerNorm(spec.video_dim, elementwise_affine=False, eps=1e-6)
+        self.video_out_table = nn.Parameter(torch.randn(2, spec.video_dim) / spec.video_dim ** 0.5)
+        self.video_out = nn.Linear(spec.video_dim, latent_channels)
+        self.action_out_norm = nn.LayerNorm(spec.action_dim, elementwise_affine=False, eps=1e-6)
+        self.action_out_table = nn.Parameter(torch.randn(2, spec.action_dim) / spec.action_dim ** 0.5)
+        self.action_out = nn.Linear(spec.action_dim, action_size)
+        for lin in (self.video_out, self.action_out):  # start by predicting zero velocity (DiT init)
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def context(self, text_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Cross-attention context: text tokens plus one proprioceptive-state token."""
+        return torch.cat([self.text(text_ids), self.state_in(state)[:, None]], dim=1)
+
+    @staticmethod
+    def _mods(table, proj):
+        return (table[None, None] + proj.unflatten(-1, (6, -1))).unbind(-2)
+
+    def forward(self, video: Tokens | None, action: Tokens | None, ctx: torch.Tensor, mask: torch.Tensor,
+                prefix: list | None = None, return_kv: bool = False):
+        """Velocities for the current tokens (video then action). `mask` is (N_cur, N_prefix + N_cur)."""
+        s = self.spec
+        xv = xa = mv = ma = av = aa = None
+        if video is not None:
+            xv = self.video_in(video.x)
+            tv, proj = self.video_time(video.sigma)
+            mv = [self._mods(b.video.table, proj) for b in self.blocks]
+            av = rope_3d(video.pos, self.head_dim, s.rope_theta)
+        if action is not None:
+            xa = self.action_in(action.x)
+            ta, proj = self.action_time(action.sigma)
+            ma = [self._mods(b.action.table, proj) for b in self.blocks]
+            aa = rope_1d(action.pos, self.head_dim, s.rope_theta)
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            xv, xa, kv = block(xv, xa, mv[i] if mv else None, ma[i] if ma else None, av, aa, ctx, mask,
+                               prefix[i] if prefix is not None else None)
+            if return_kv:
+                kvs.append(kv)
+        out_v = out_a = None
+        if xv is not None:
+            shift, scale = (self.video_out_table[None, None] + tv[..., None, :]).unbind(-2)
+            out_v = self.video_out(self.video_out_norm(xv) * (1 + scale) + shift)
+        if xa is not None:
+            shift, scale = (self.action_out_table[None, None] + ta[..., None, :]).unbind(-2)
+            out_a = self.action_out(self.action_out_norm(xa) * (1 + scale) + shift)
+        return out_v, out_a, (kvs if return_kv else None)
+
+
+# --------------------------------------------------------------------------- codec
+
+class PixelCodec(nn.Module):
+    """Pixels <-> latents by resizing and pixel-unshuffle: exact, parameter-free, CPU-sized."""
+
+    def __init__(self, image_size: int, patch: int):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"codec image_size {image_size} must divide by patch {patch}")
+        self.image_size, self.patch = image_size, patch
+        self.channels = 3 * patch * patch
+        self.grid = image_size // patch
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) -> latents (B, T, grid·grid, C) in [-1, 1]."""
+        b, t = frames.shape[:2]
+        x = frames.reshape(b * t, *frames.shape[2:]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="area")
+        x = F.pixel_unshuffle(x, self.patch)  # (BT, C, g, g)
+        return x.flatten(2).transpose(1, 2).reshape(b, t, self.grid * self.grid, self.channels)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, T, g·g, C) -> uint8 (B, T, S, S, 3)."""
+        b, t = latents.shape[:2]
+        x = latents.reshape(b * t, self.grid, self.grid, self.channels).permute(0, 3, 1, 2)
+        x = F.pixel_shuffle(x, self.patch).permute(0, 2, 3, 1)
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).reshape(b, t, *x.shape[1:])
+
+    def positions(self, frames: list[int]) -> torch.Tensor:
+        """RoPE positions (len(frames)·g·g, 3) for the given frame indices."""
+        g = self.grid
+        hh, ww = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        hw = torch.stack([hh.flatten(), ww.flatten()], dim=-1)
+        return torch.cat([torch.cat([torch.full((g * g, 1), f), hw], dim=-1) for f in frames])
+
+
+def make_codec(spec: BackboneSpec) -> nn.Module:
+    if spec.codec.kind == "pixel":
+        return PixelCodec(spec.codec.image_size, spec.codec.patch)
+    raise NotImplementedError(f"codec '{spec.codec.kind}' is not available in this build (use 'pixel')")

@@ -1,0 +1,88 @@
+"""Self-contained checkpoints: one safetensors file holds weights, optimizer state, the resolved
+config, normalization stats, shapes and the step, so it alone rebuilds the policy or resumes
+training (robomimic's rule)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from harness.config import ConfigError, ResolvedVariant
+from harness.errors import UserError
+
+FORMAT = "wam-bench-checkpoint/1"
+
+
+def save(path: str | Path, model: torch.nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write atomically (tmp + rename): a crash mid-save never corrupts the last good checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    groups = None
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        for idx, st in sd["state"].items():
+            for name, t in st.items():
+                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(t).detach().contiguous().cpu()
+        groups = sd["param_groups"]
+    header = {"format": FORMAT, "meta": json.dumps(meta), "optim_groups": json.dumps(groups)}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path) -> tuple[dict, dict, dict | None]:
+    """-> (model state_dict, meta, optimizer state_dict or None). Clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file; train one with `wam-bench train`")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"checkpoint {path}: corrupt or not a safetensors file ({str(e)[:80]}); re-train or pick another") from None
+    if header.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path}: not a wam-bench checkpoint (format {header.get('format')!r})")
+    meta = json.loads(header["meta"])
+    model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    groups = json.loads(header.get("optim_groups") or "null")
+    optim_sd = None
+    if groups is not None:
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        optim_sd = {"state": state, "param_groups": groups}
+    return model_sd, meta, optim_sd
+
+
+def build_model(meta: dict, model_sd: dict | None = None):
+    """Rebuild the WorldActionModel a checkpoint describes (lazy torch-heavy import)."""
+    from harness.wam import WorldActionModel
+    try:
+        rv = ResolvedVariant.from_dict(meta["config"])
+    except (KeyError, ConfigError) as e:
+        raise UserError(f"checkpoint config is unreadable ({e}); was it written by another wam-bench version?") from None
+    model = WorldActionModel(rv, meta["action_size"], meta["state_size"], meta.get("stats"))
+    if model_sd is not None:
+        missing, unexpected = model.load_state_dict(model_sd, strict=False)
+        if missing or unexpected:
+            raise UserError(f"checkpoint weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

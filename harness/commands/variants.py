@@ -1,0 +1,63 @@
+"""`wam-bench variants [show NAME]`: what variants exist and what exactly each one is."""
+from __future__ import annotations
+
+import yaml
+
+from harness.config import Registry, resolve_variant, to_dict
+
+
+def add_arguments(p):
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--backbone", default=None, help="resolve with another backbone preset")
+
+
+def _param_count(rv) -> int:
+    """Parameters of the variant's model, built on the meta device (no memory used)."""
+    import torch
+    from harness.wam import WorldActionModel
+    with torch.device("meta"):
+        m = WorldActionModel(rv, 7, 8)
+    return sum(p.numel() for p in m.parameters())
+
+
+def main(args) -> int:
+    reg = Registry(args.include_path)
+    if args.action == "list":
+        names = reg.names("variant")
+        width = max(map(len, names))
+        for n in names:
+            v = reg.variant(n)
+            print(f"{n:<{width}}  {v.layout:<9} {v.inference.procedure:<21} {v.description}")
+        return 0
+    if not args.name:
+        print("usage: wam-bench variants show NAME")
+        return 2
+    rv = resolve_variant(args.name, reg, args.backbone)
+    print(yaml.safe_dump({"variant": to_dict(rv.variant), "backbone": to_dict(rv.backbone)}, sort_keys=False).rstrip())
+    print(f"config_hash: {rv.hash}")
+    print(f"parameters: {_param_count(rv):,}")
+    from harness.masks import render
+    from harness.wam import WorldActionModel
+    import torch
+    with torch.device("meta"):
+        m = WorldActionModel(rv, 7, 8)
+    labels = _training_labels(m)
+    print("mask (training sequence; rows attend to columns):")
+    print(render(m.mask(labels, labels), labels, labels))
+    return 0
+
+
+def _training_labels(m):
+    from harness.masks import Labels
+    ch, lf = m.v.chunk, m.v.chunk.latent_frames
+    if m.v.layout == "dreamzero":
+        fr = lambda i: list(range(1 + (i - 1) * lf, 1 + i * lf))  # noqa: E731
+        K = ch.chunks
+        return Labels.cat([m.video_labels("F0", [0])] + [m.video_labels("C", fr(i), i) for i in range(1, K + 1)]
+                          + [m.video_labels("N", fr(i), i) for i in range(1, K + 1)] + [m.action_labels(i) for i in range(1, K + 1)])
+    if m.v.layout == "idm":
+        f = list(range(1 + lf))
+        return Labels.cat([m.video_labels("V", f), m.video_labels("W", f), m.action_labels()])
+    fut = [] if m.v.drop_future else [m.video_labels("F+", list(range(1, 1 + lf)))]
+    return Labels.cat([m.video_labels("F0", [0])] + fut + [m.action_labels()])

@@ -1,0 +1,346 @@
+"""A World Action Model = the shared backbone + a variant spec. One class for every variant.
+
+The variant's `layout` says which token groups a training sequence holds, `mask` how they may
+attend, `sigma` how noise is drawn, `loss` how the two losses combine, and `inference.procedure`
+how actions are sampled. Layouts:
+
+    fastwam    [F0 | F+ | A]                         (F+ dropped when `drop_future`)
+    idm        [V = F0,F+ noisy | W = F0,F+ cond copy | A]
+    dreamzero  [F0 | C1..CK clean | N1..NK noisy | A1..AK]   (chunk i: block Ci/Ni + actions Ai)
+
+Inference options (`InferOptions`) carry the optimization level: K/V reuse of the clean
+context, batched CFG, DiT caching, step count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness import flow
+from harness.backbone import MoTDiT, Tokens, make_codec
+from harness.config import ResolvedVariant
+from harness.masks import Labels, build_mask
+
+
+@dataclass
+class InferOptions:
+    """What an optimization level switches on for one inference call."""
+    kv_cache: bool = True        # encode the clean context once per call and reuse its K/V
+    cfg_batch: bool = False      # conditional + unconditional in one batched forward
+    dit_cache: dict | None = None  # {"always": 2, "rules": [[0.95, 4], [0.93, 2]]} or {"schedule": [...]}
+    steps: int | None = None     # override the variant's denoising steps
+
+
+class DitCache:
+    """DreamZero's DiT caching: skip steps while consecutive video velocities barely change.
+
+    Steps 0..always-1 are computed; after each computed step the cosine similarity of the last
+    two computed velocities picks how many of the following steps to skip (first matching
+    threshold); the step after a skip is always computed. A static `schedule` (list of step
+    indices to compute) may be given instead.
+    """
+
+    def __init__(self, rule: dict | None, steps: int):
+        self.rule, self.steps = rule or {}, steps
+        self.history: list[torch.Tensor] = []
+        self.skip_left = 0
+        self.just_skipped = False
+
+    def compute(self, step: int) -> bool:
+        if not self.rule:
+            return True
+        if "schedule" in self.rule:
+            return step in self.rule["schedule"]
+        if self.skip_left > 0:
+            self.skip_left -= 1
+            self.just_skipped = True
+            return False
+        return True
+
+    def update(self, step: int, v: torch.Tensor) -> None:
+        """Record a computed velocity and decide the skip that follows it."""
+        if not self.rule or "schedule" in self.rule:
+            return
+        self.history = (self.history + [v.detach().flatten().float()])[-2:]
+        after_skip, self.just_skipped = self.just_skipped, False
+        if step < self.rule.get("always", 2) - 1 or len(self.history) < 2 or after_skip:
+            return
+        cos = F.cosine_similarity(self.history[0], self.history[1], dim=0).item()
+        for threshold, skip in self.rule.get("rules", [[0.95, 4], [0.93, 2]]):
+            if cos > threshold:
+                self.skip_left = min(skip, self.steps - step - 2)  # the last step is always computed
+                break
+
+
+class WorldActionModel(nn.Module):
+    def __init__(self, rv: ResolvedVariant, action_size: int, state_size: int, stats: dict | None = None):
+        super().__init__()
+        self.rv, self.v, self.b = rv, rv.variant, rv.backbone
+        self.codec = make_codec(self.b)
+        self.net = MoTDiT(self.b, self.codec.channels, action_size, state_size)
+        self.action_size, self.state_size = action_size, state_size
+        stats = stats or {}
+        for key, size in (("action", action_size), ("state", state_size)):
+            s = stats.get(key, {})
+            self.register_buffer(f"{key}_mean", torch.tensor(s.get("mean", [0.0] * size), dtype=torch.float32))
+            self.register_buffer(f"{key}_std", torch.tensor(s.get("std", [1.0] * size), dtype=torch.float32).clamp_min(1e-3))
+
+    # ------------------------------------------------------------------ normalisation
+    def norm_action(self, a):
+        return (a - self.action_mean) / self.action_std
+
+    def denorm_action(self, a):
+        return a * self.action_std + self.action_mean
+
+    def norm_state(self, s):
+        return (s - self.state_mean) / self.state_std
+
+    # ------------------------------------------------------------------ layout pieces
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.codec.grid ** 2
+
+    def video_labels(self, group: str, frames: list[int], chunk: int = 0) -> Labels:
+        g = self.tokens_per_frame
+        return Labels.of(group, g * len(frames), chunk, np.repeat(np.asarray(frames), g))
+
+    def action_labels(self, chunk: int = 0, n: int | None = None) -> Labels:
+        return Labels.of("A", n or self.v.chunk.actions, chunk)
+
+    def mask(self, q: Labels, k: Labels) -> torch.Tensor:
+        return build_mask(q, k, self.v.mask, self.v.chunk.window)
+
+    def context(self, prompts: list[str | None], state: torch.Tensor) -> torch.Tensor:
+        ids = self.net.text.tokenize(prompts).to(state.device)
+        return self.net.context(ids, self.norm_state(state))
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        """Flow-matching losses for one batch from `WindowSampler` (tensors), per the variant."""
+        v, ch = self.v, self.v.chunk
+        frames = batch["frames"]
+        B = frames.shape[0]
+        lat = self.codec.encode(frames)                        # (B, 1+F, g², C)
+        act = self.norm_action(batch["actions"])               # (B, K·H, A)
+        prompts = [None if torch.rand((), generator=generator) < v.train.text_dropout else t for t in batch["task"]]
+        ctx = self.context(prompts, batch["state"])
+        frame_ok = ~batch["frame_pad"]                          # (B, 1+F)
+        act_ok = (~batch["action_pad"]).float()
+        g = self.tokens_per_frame
+        draw = lambda shape: flow.sample_sigma(shape, v.sigma.shift, generator)  # noqa: E731
+        eps_v = torch.randn(lat.shape, generator=generator)
+        eps_a = torch.randn(act.shape, generator=generator)
+        K, lf, H = ch.chunks, ch.latent_frames, ch.actions
+
+        if v.layout == "dreamzero":
+            sig_a = draw((B, K))
+            sig_v = flow.sample_beta_sigma((B, K), v.sigma.video_beta_alpha, generator) \
+                if v.sigma.video_beta_alpha else sig_a
+            fut = lat[:, 1:]                                       # (B, K·lf, g², C)
+            sv_tok = sig_v.repeat_interleave(lf * g, dim=1)[..., None]   # (B, K·lf·g², 1)
+            fut_flat = fut.flatten(1, 2)
+            noisy = flow.add_noise(fut_flat, sv_tok, eps_v[:, 1:].flatten(1, 2))
+            video_x = torch.cat([lat[:, 0], fut_flat, noisy], dim=1)
+            video_sig = torch.cat([torch.zeros(B, g * (1 + K * lf)), sv_tok[..., 0]], dim=1)
+            frames_of = lambda i: list(range(1 + (i - 1) * lf, 1 + i * lf))  # noqa: E731
+            vl = Labels.cat([self.video_labels("F0", [0])]
+                            + [self.video_labels("C", frames_of(i), i) for i in range(1, K + 1)]
+                            + [self.video_labels("N", frames_of(i), i) for i in range(1, K + 1)])
+            vpos = torch.cat([self.codec.positions([0])] + [self.codec.positions(frames_of(i)) for i in range(1, K + 1)] * 2)
+            sa_tok = sig_a.repeat_interleave(H, dim=1)[..., None]
+            al = Labels.cat([self.action_labels(i) for i in range(1, K + 1)])
+            target_v = flow.velocity(fut_flat, eps_v[:, 1:].flatten(1, 2))
+            pred_slice = slice(g * (1 + K * lf), None)
+            vid_ok = frame_ok[:, 1:].repeat_interleave(g, dim=1).float()
+            vid_sig_loss = sv_tok[..., 0]
+        elif v.layout == "idm":
+            sig_v, sig_a = draw((B, 1)), draw((B, 1))
+            sig_c = draw((B, 1)) * (torch.rand((B, 1), generator=generator) < v.sigma.cond_noise_prob)
+            n_fut = lat.shape[1] - 1
+            fut = lat[:, 1:].flatten(1, 2)
+            e_fut = eps_v[:, 1:].flatten(1, 2)
+            noisy = flow.add_noise(fut, sig_v[..., None], e_fut)
+            cond = flow.add_noise(fut, sig_c[..., None], torch.randn(fut.shape, generator=generator))
+            video_x = torch.cat([lat[:, 0], noisy, lat[:, 0], cond], dim=1)
+            nf = n_fut * g
+            video_sig = torch.cat([torch.zeros(B, g), sig_v.expand(B, nf), torch.zeros(B, g), sig_c.expand(B, nf)], dim=1)
+            frames = list(range(1 + n_fut))
+            vl = Labels.cat([self.video_labels("V", frames), self.video_labels("W", frames)])
+            vpos = torch.cat([self.codec.positions(frames)] * 2)
+            sa_tok = sig_a.expand(B, act.shape[1])[..., None]
+            al = self.action_labels(0, act.shape[1])
+            target_v = flow.velocity(fut, e_fut)
+            pred_slice = slice(g, g + nf)
+            vid_ok = frame_ok[:, 1:].repeat_interleave(g, dim=1).float()
+            vid_sig_loss = sig_v.expand(B, nf)
+        else:  # fastwam
+            sig_v, sig_a = draw((B, 1)), draw((B, 1))
+            if v.drop_future:
+                lat, eps_v, frame_ok = lat[:, :1], eps_v[:, :1], frame_ok[:, :1]
+            n_fut = lat.shape[1] - 1
+            fut = lat[:, 1:].flatten(1, 2)
+            e_fut = eps_v[:, 1:].flatten(1, 2)
+            noisy = flow.add_noise(fut, sig_v[..., None], e_fut)
+            video_x = torch.cat([lat[:, 0], noisy], dim=1)
+            nf = n_fut * g
+            video_sig = torch.cat([torch.zeros(B, g), sig_v.expand(B, nf)], dim=1)
+            vl = Labels.cat([self.video_labels("F0", [0]), self.video_labels("F+", list(range(1, 1 + n_fut)))])
+            vpos = self.codec.positions(list(range(1 + n_fut)))
+            sa_tok = sig_a.expand(B, act.shape[1])[..., None]
+            al = self.action_labels(0, act.shape[1])
+            target_v = flow.velocity(fut, e_fut)
+            pred_slice = slice(g, None)
+            vid_ok = frame_ok[:, 1:].repeat_interleave(g, dim=1).float()
+            vid_sig_loss = sig_v.expand(B, nf)
+
+        noisy_a = flow.add_noise(act, sa_tok, eps_a)
+        labels = Labels.cat([vl, al])
+        mask = self.mask(labels, labels)
+        apos = torch.arange(act.shape[1])
+        out_v, out_a, _ = self.net(Tokens(video_x, vpos, video_sig), Tokens(noisy_a, apos, sa_tok[..., 0]), ctx, mask)
+        w_a = flow.loss_weight(sa_tok[..., 0], v.loss.sigma_weighting) * act_ok
+        loss_a = ((out_a - flow.velocity(act, eps_a)) ** 2).mean(-1).mul(w_a).sum() / w_a.sum().clamp_min(1)
+        if target_v.shape[1] and v.loss.video > 0:
+            w_v = flow.loss_weight(vid_sig_loss, v.loss.sigma_weighting) * vid_ok
+            loss_v = ((out_v[:, pred_slice] - target_v) ** 2).mean(-1).mul(w_v).sum() / w_v.sum().clamp_min(1)
+        else:
+            loss_v = torch.zeros(())
+        total = v.loss.video * loss_v + v.loss.action * loss_a
+        return {"loss": total, "loss_video": loss_v.detach(), "loss_action": loss_a.detach()}
+
+    # ------------------------------------------------------------------ inference
+    def _net(self, video, action, ctx, q_labels, prefix, return_kv=False):
+        """Forward on current tokens against an optional cached prefix (kv, labels)."""
+        k_labels = Labels.cat([prefix[1], q_labels]) if prefix else q_labels
+        mask = self.mask(q_labels, k_labels)
+        return self.net(video, action, ctx, mask, prefix[0] if prefix else None, return_kv)
+
+    def _guided(self, video, action, ctxs, q_labels, prefixes, cfg_scale, opts: InferOptions):
+        """Velocities with classifier-free guidance on video only (actions use the conditional)."""
+        if cfg_scale == 1.0 or len(ctxs) == 1:
+            return self._net(video, action, ctxs[0], q_labels, prefixes[0])[:2]
+        if opts.cfg_batch:
+            cat = lambda t: None if t is None else Tokens(torch.cat([t.x, t.x]), t.pos, torch.cat([t.sigma, t.sigma]))  # noqa: E731
+            pre = None
+            if prefixes[0]:
+                pre = ([(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(prefixes[0][0], prefixes[1][0])],
+                       prefixes[0][1])
+            ov, oa, _ = self._net(cat(video), cat(action), torch.cat(ctxs), q_labels, pre)
+            n = ctxs[0].shape[0]
+            vc, vu = ov[:n], ov[n:]
+            oa = oa[:n] if oa is not None else None
+        else:  # O0/O1: two sequential passes
+            vc, oa, _ = self._net(video, action, ctxs[0], q_labels, prefixes[0])
+            vu, _, _ = self._net(video, action, ctxs[1], q_labels, prefixes[1])
+        return vu + cfg_scale * (vc - vu), oa
+
+    def _prefill(self, video: Tokens, ctx, labels: Labels, opts: InferOptions):
+        """K/V of a clean context that attends only to itself; None at O0 (recomputed every step)."""
+        if not opts.kv_cache:
+            return None
+        _, _, kv = self._net(video, None, ctx, labels, None, return_kv=True)
+        return (kv, labels)
+
+    @torch.no_grad()
+    def sample(self, latents: torch.Tensor, state: torch.Tensor, prompt: list[str], opts: InferOptions,
+               noise_seed: int | None = None, blocks: list[torch.Tensor] | None = None) -> dict:
+        """One inference call. `latents` (B, 1, g², C) is the current/anchor frame; `blocks` the
+        observed clean chunks (dreamzero). Returns normalized-space actions and generated video."""
+        v, ch, inf = self.v, self.v.chunk, self.v.inference
+        steps = opts.steps or inf.steps
+        gen = torch.Generator().manual_seed(noise_seed) if noise_seed is not None else None
+        B, g = latents.shape[0], self.tokens_per_frame
+        H = ch.actions
+        sig = flow.sigma_grid(steps, inf.shift)
+        cond = self.context(prompt, state)
+        use_cfg = inf.cfg_scale != 1.0
+        ctxs = [cond, self.context([None] * B, state)] if use_cfg else [cond]
+        cache = DitCache(opts.dit_cache, steps)
+        evals = 0
+        f0 = latents[:, 0]
+        z = lambda shape: torch.randn(shape, generator=gen)  # noqa: E731
+        proc = inf.procedure
+        out: dict = {}
+
+        def denoise(video_noisy, video_pre, video_pre_labels, video_lab, video_pos, act_lab, act_pos, ctxs_, prefix_fn):
+            """Shared Euler loop over (optional) noisy video + (optional) noisy actions."""
+            nonlocal evals
+            x_v, x_a = video_noisy, (z((B, act_pos.shape[0], self.action_size)) if act_lab is not None else None)
+            prefixes = [prefix_fn(c) for c in ctxs_]
+            last_v = last_a = None
+            for i in range(steps):
+                s0, s1 = sig[i].item(), sig[i + 1].item()
+                if last_v is None or last_a is None and x_a is not None or cache.compute(i):
+                    cur_v = [] if x_v is None else [Tokens(x_v, video_pos, torch.full(x_v.shape[:2], s0))]
+                    cur_a = None if x_a is None else Tokens(x_a, act_pos, torch.full(x_a.shape[:2], s0))
+                    q_lab = Labels.cat(([video_lab] if x_v is not None else []) + ([act_lab] if x_a is not None else []))
+                    if prefixes[0] is None and video_pre is not None:   # O0: recompute the clean context
+                        vid = Tokens(torch.cat([video_pre.x] + [t.x for t in cur_v], 1),
+                                     torch.cat([video_pre.pos] + [t.pos for t in cur_v]),
+                                     torch.cat([video_pre.sigma] + [t.sigma for t in cur_v], 1))
+                        q_full = Labels.cat([video_pre_labels, q_lab])
+                        nv = video_pre.x.shape[1]
+                        pv, pa = self._guided(vid, cur_a, ctxs_, q_full, [None] * len(ctxs_), inf.cfg_scale if x_v is not None else 1.0, opts)
+                        pv = pv[:, nv:] if pv is not None else None
+                    else:
+                        vid = cur_v[0] if cur_v else None
+                        pv, pa = self._guided(vid, cur_a, ctxs_, q_lab, prefixes, inf.cfg_scale if x_v is not None else 1.0, opts)
+                    evals += 1
+                    last_v, last_a = pv, pa
+                    if x_v is not None:
+                        cache.update(i, pv)
+                x_v = flow.euler(x_v, last_v, s0, s1) if x_v is not None else None
+                x_a = flow.euler(x_a, last_a, s0, s1) if x_a is not None else None
+            return x_v, x_a
+
+        apos = torch.arange(H)
+        if proc in ("prefill_action", "joint"):
+            f0_tok = Tokens(f0, self.codec.positions([0]), torch.zeros(B, g))
+            f0_lab = self.video_labels("F0", [0])
+            prefix_fn = lambda c: self._prefill(f0_tok, c, f0_lab, opts)  # noqa: E731
+            if proc == "prefill_action":
+                _, a = denoise(None, f0_tok, f0_lab, None, None, self.action_labels(0, H), apos, [cond], prefix_fn)
+            else:
+                nf = ch.latent_frames
+                fut_lab = self.video_labels("F+", list(range(1, 1 + nf)))
+                xv = z((B, nf * g, self.codec.channels))
+                video, a = denoise(xv, f0_tok, f0_lab, fut_lab, self.codec.positions(list(range(1, 1 + nf))),
+                                   self.action_labels(0, H), apos, ctxs, prefix_fn)
+                out["video"] = video
+        elif proc == "video_then_action":
+            nf = ch.latent_frames
+            frames = list(range(1 + nf))
+            f0_tok = Tokens(f0, self.codec.positions([0]), torch.zeros(B, g))
+            v0_lab = self.video_labels("V", [0])
+            fut_lab = self.video_labels("V", frames[1:])
+            video, _ = denoise(z((B, nf * g, self.codec.channels)), f0_tok, v0_lab, fut_lab,
+                               self.codec.positions(frames[1:]), None, None, ctxs,
+                               lambda c: self._prefill(f0_tok, c, v0_lab, opts))
+            out["video"] = video
+            w_tok = Tokens(torch.cat([f0, video], 1), self.codec.positions(frames), torch.zeros(B, g * len(frames)))
+            w_lab = self.video_labels("W", frames)
+            _, a = denoise(None, w_tok, w_lab, None, None, self.action_labels(0, H), apos, [cond],
+                           lambda c: self._prefill(w_tok, c, w_lab, opts))
+        elif proc == "chunk_autoregressive":
+            lf = ch.latent_frames
+            blocks = blocks or []
+            n = len(blocks)
+            ctx_lat = torch.cat([f0] + list(blocks), 1) if blocks else f0
+            c_frames = lambda i: list(range(1 + (i - 1) * lf, 1 + i * lf))  # noqa: E731
+            ctx_lab = Labels.cat([self.video_labels("F0", [0])] + [self.video_labels("C", c_frames(i), i) for i in range(1, n + 1)])
+            ctx_pos = torch.cat([self.codec.positions([0])] + [self.codec.positions(c_frames(i)) for i in range(1, n + 1)])
+            ctx_tok = Tokens(ctx_lat, ctx_pos, torch.zeros(B, ctx_lat.shape[1]))
+            k = n + 1
+            video, a = denoise(z((B, lf * g, self.codec.channels)), ctx_tok, ctx_lab, self.video_labels("N", c_frames(k), k),
+                               self.codec.positions(c_frames(k)), self.action_labels(k, H), apos + (k - 1) * H, ctxs,
+                               lambda c: self._prefill(ctx_tok, c, ctx_lab, opts))
+            out["video"] = video
+        else:
+            raise ValueError(f"unknown inference procedure '{proc}'")
+        out["actions"] = a
+        out["evals"] = evals
+        return out
