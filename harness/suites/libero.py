@@ -161,6 +161,8 @@ class LiberoEnv(SuiteEnv):
         self.inner = self.env.env
         self.goal = list(self.inner.parsed_problem["goal_state"])
         self.expert = None
+        self.expert_noise = 0.0  # std of Gaussian noise on the expert's translation (demos diversity)
+        self._rng = np.random.default_rng(0)
         self._obs: dict = {}
         self.max_progress = 0.0
         self.steps = 0
@@ -190,6 +192,7 @@ class LiberoEnv(SuiteEnv):
         self.steps = 0
         self.max_progress = self.progress()
         self.expert = None
+        self._rng = np.random.default_rng(seed)
 
     def render(self, camera: str) -> np.ndarray:
         """One camera image, (H, W, 3) uint8, rotated 180° as the published protocol."""
@@ -238,7 +241,10 @@ class LiberoEnv(SuiteEnv):
         if self.expert is None:
             from harness.suites.libero_experts import PickPlaceExpert
             self.expert = PickPlaceExpert(self)
-        return self.expert.act()
+        a = self.expert.act()
+        if self.expert_noise > 0:
+            a[:3] = np.clip(a[:3] + self._rng.normal(0, self.expert_noise, 3), -1, 1)
+        return a
 
     def provenance(self) -> dict:
         return provenance(self.assets)

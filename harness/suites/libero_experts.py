@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+HAND_HALF = (0.105, 0.035)  # Panda hand footprint (m): half-length along the finger axis, half-width
+MAX_SPAN = 0.072         # widest object span the open fingers (0.08 m) take
 CARRY_CLEARANCE = 0.08   # object bottom above the target's top while carrying (m)
 GAIN = 12.0              # position error (m) -> OSC input (1 = 5 cm)
 ROT_GAIN = 1.5
+KI = 0.5                 # integral gain (per step): removes the OSC's steady-state error under load
+I_MAX = 0.4
 
 
 def _subtree_geoms(m, root: int) -> np.ndarray:
@@ -68,9 +72,16 @@ class PickPlaceExpert:
             self.target_geoms = _subtree_geoms(self.m, inner.obj_body_id[parent]) if parent in inner.obj_body_id else None
         else:
             self.target_geoms = _subtree_geoms(self.m, inner.obj_body_id[self.target])
-        self.r_goal = self._eef_rot().copy()
-        self.phase, self.t, self.tries = "approach", 0, 0
+        self.r_start = self._eef_rot().copy()
+        self.base = self.d.xpos[self.m.body("robot0_base").id].copy()
+        self.r_goal = self.r_start
+        robot = {b for b in range(self.m.nbody) if self.m.body(b).name.startswith(("robot0_", "gripper0_", "mount0_"))}
+        mine = set(self.obj_geoms.tolist())
+        self.others = np.array([g for g in range(self.m.ngeom) if (self.m.geom_contype[g] or self.m.geom_conaffinity[g])
+                                and g not in mine and self.m.geom_bodyid[g] not in robot and self.m.geom_bodyid[g] != 0], int)
+        self.phase, self.t, self.tries, self.ierr = "approach", 0, 0, np.zeros(3)
         self.bowl = "bowl" in self.obj
+        self.yaw, self.side = 0.0, 1.0
 
     # ------------------------------------------------------------------ state
     def _eef(self) -> np.ndarray:
@@ -91,30 +102,97 @@ class PickPlaceExpert:
         top = _aabb(self.m, self.d, self.target_geoms)[1][2] if self.target_geoms is not None and len(self.target_geoms) else 0.9
         return xy, top
 
+    def _axis(self, yaw: float) -> np.ndarray:
+        """Finger closing direction (world xy) after turning the hand by `yaw` about z."""
+        x = self.r_start[:2, 0] / np.linalg.norm(self.r_start[:2, 0])
+        c, s = np.cos(yaw), np.sin(yaw)
+        return np.array([c * x[0] - s * x[1], s * x[0] + c * x[1]])
+
+    def _footprint(self, geoms) -> np.ndarray:
+        """World xy corners of each geom's box (an object's horizontal footprint)."""
+        pts = []
+        for g in geoms:
+            local = self.m.geom_aabb[g, :3] + _SIGNS * self.m.geom_aabb[g, 3:]
+            pts.append((self.d.geom_xpos[g] + local @ self.d.geom_xmat[g].reshape(3, 3).T)[:, :2])
+        return np.concatenate(pts)
+
+    def _obstacle_points(self, z_lo: float, z_hi: float) -> np.ndarray:
+        """xy of points sampled (2 cm apart) in every other collision geom's box, within [z_lo, z_hi]."""
+        out = []
+        for g in self.others:
+            c, h = self.m.geom_aabb[g, :3], self.m.geom_aabb[g, 3:]
+            n = np.clip(np.ceil(2 * h / 0.02).astype(int) + 1, 2, 20)
+            grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, k) for k in n], indexing="ij"), -1).reshape(-1, 3)
+            pts = self.d.geom_xpos[g] + (c + grid * h) @ self.d.geom_xmat[g].reshape(3, 3).T
+            pts = pts[(pts[:, 2] > z_lo) & (pts[:, 2] < z_hi)]
+            if len(pts):
+                out.append(pts[:, :2])
+        return np.concatenate(out) if out else np.zeros((0, 2))
+
+    def _plan_grasp(self) -> None:
+        """Pick the hand yaw (and bowl rim side) whose open fingers fit the object and whose hand
+        footprint keeps furthest from taller neighbours; prefer small turns."""
+        lo, hi = self._obj_box()
+        c = (lo[:2] + hi[:2]) / 2
+        pts = self._footprint(self.obj_geoms)
+        grasp_z = hi[2] - 0.02
+        obstacles = self._obstacle_points(grasp_z - 0.03, grasp_z + 0.35)  # fingertips reach ~3 cm below
+        best = None
+        for deg in range(-90, 91, 15):
+            u = self._axis(np.radians(deg))
+            v = np.array([-u[1], u[0]])
+            for side in ((1.0, -1.0) if self.bowl else (1.0,)):
+                if self.bowl:
+                    r = ((pts - c) @ u).max() - 0.015
+                    g = c - side * r * u
+                else:
+                    span = (pts @ u).max() - (pts @ u).min()
+                    if span > MAX_SPAN:
+                        continue
+                    g = c
+                clear = 0.05
+                if len(obstacles):
+                    d = obstacles - g
+                    clear = min(clear, np.maximum(np.abs(d @ u) - HAND_HALF[0], np.abs(d @ v) - HAND_HALF[1]).min())
+                reach = np.linalg.norm(g - self.base[:2])  # the arm is weak near its reach limit
+                score = min(clear, 0.03) - 0.01 * abs(deg) / 90 - 0.5 * max(0.0, reach - 0.7)
+                if best is None or score > best[0]:
+                    best = (score, np.radians(deg), side)
+        if best is not None:
+            _, self.yaw, self.side = best
+        c_, s_ = np.cos(self.yaw), np.sin(self.yaw)
+        self.r_goal = np.array([[c_, -s_, 0], [s_, c_, 0], [0, 0, 1]]) @ self.r_start
+
     def _grasp_point(self) -> np.ndarray:
         lo, hi = self._obj_box()
         c = (lo + hi) / 2
-        if self.bowl:  # fingers close along world y: straddle the rim wall nearest the robot's side
-            r = (hi[1] - lo[1]) / 2 - 0.015
-            return np.array([c[0], c[1] - r, hi[2] - 0.02])
+        if self.bowl:  # straddle the rim wall on the chosen side, along the closing direction
+            u = self._axis(self.yaw)
+            pts = self._footprint(self.obj_geoms)
+            r = ((pts - c[:2]) @ u).max() - 0.015
+            return np.r_[c[:2] - self.side * r * u, hi[2] - 0.02]
         return np.array([c[0], c[1], hi[2] - min(0.035, 0.5 * (hi[2] - lo[2]))])
 
     # ------------------------------------------------------------------ control
     def _move(self, goal: np.ndarray, grip: float, tol: float = 0.01) -> tuple[np.ndarray, bool]:
         err = goal - self._eef()
+        near = np.abs(err) < 0.03  # anti-windup: integrate only close to the goal
+        self.ierr = np.clip(self.ierr + near * KI * err * GAIN / 10, -I_MAX, I_MAX)
         a = np.zeros(7)
-        a[:3] = np.clip(err * GAIN, -1, 1)
+        a[:3] = np.clip(err * GAIN + self.ierr, -1, 1)
         a[3:6] = np.clip(_rot_error(self._eef_rot(), self.r_goal) * ROT_GAIN, -1, 1)
         a[6] = grip
         return a, bool(np.linalg.norm(err) < tol)
 
     def _go(self, phase: str):
-        self.phase, self.t = phase, 0
+        self.phase, self.t, self.ierr = phase, 0, np.zeros(3)
 
     def act(self) -> np.ndarray:
         self.t += 1
         eef = self._eef()
         if self.phase == "approach":
+            if self.t == 1:
+                self._plan_grasp()
             self.grasp = self._grasp_point()
             a, done = self._move(self.grasp + [0, 0, 0.10], -1, 0.015)
             if done or self.t > 120:
