@@ -256,13 +256,10 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
                 i = pool.conns.index(c)
                 try:
                     msg = c.recv()
-                except (EOFError, ConnectionResetError):
-                    finish(i, {}, error="SimulatorError: environment worker process died")
+                except (EOFError, ConnectionResetError):  # the simulator took its process down
                     pool.respawn(i)
                     policies.pop(i, None)
-                    if i in running:  # start() already queued an episode on the dead pipe: resend
-                        r = running[i]
-                        pool.conns[i].send(("reset", r.task, r.init, r.seed, scripted is None))
+                    finish(i, {}, error="SimulatorError: environment worker process died")
                     continue
                 if msg[0] == "obs":
                     ready.append((i, msg[1], msg[2]))

@@ -24,6 +24,8 @@ def add_arguments(p):
     p.add_argument("--suite", default=None, help="suite for sim/eval benches")
     p.add_argument("--variants", default=None, help="comma-separated variants (latency bench)")
     p.add_argument("--checkpoint", default=None, help="checkpoint for eval/latency benches")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--frame-stride", type=int, default=4, help="sim bench: control steps between rendered frames")
 
 
 def machine() -> dict:
@@ -63,6 +65,8 @@ def main(args) -> int:
     doc = {"bench": args.name, "quick": bool(args.quick), "figures": out["figures"], "rows": out.get("rows", []),
            "notes": out.get("notes", []), "machine": machine(), "commit": git_commit()}
     print(markdown_table(doc["rows"]))
+    for note in doc["notes"]:
+        print(f"note: {note}")
     print()
     for k, v in doc["figures"].items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")

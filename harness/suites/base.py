@@ -75,9 +75,11 @@ class SuiteEnv(abc.ABC):
 
 
 def make_env(spec: SuiteSpec, task_index: int) -> SuiteEnv:
-    if spec.adapter not in ADAPTERS:
-        raise ConfigError(f"suite '{spec.name}': unknown adapter '{spec.adapter}'; known: {', '.join(ADAPTERS)}")
+    target = ADAPTERS.get(spec.adapter, spec.adapter if ":" in spec.adapter else None)
+    if target is None:
+        raise ConfigError(f"suite '{spec.name}': unknown adapter '{spec.adapter}'; known: {', '.join(ADAPTERS)}, "
+                          "or a 'module:Class' path to your own SuiteEnv")
     if not 0 <= task_index < len(spec.tasks):
         raise ConfigError(f"suite '{spec.name}' has {len(spec.tasks)} tasks; task index {task_index} is out of range")
-    module, cls = ADAPTERS[spec.adapter].split(":")
+    module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)(spec, task_index)

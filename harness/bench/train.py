@@ -1,0 +1,109 @@
+"""`wam-bench bench train`: training throughput and model-FLOPs utilisation (MFU).
+
+MFU = achieved FLOP/s of full training steps (forward + backward + AdamW) ÷ a dense fp32 matmul
+peak measured in the same run with the same threads, interleaved in blocks so machine noise hits
+both alike. FLOPs come from torch's FlopCounterMode on one real step (matmuls and attention).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness.config import resolve_variant
+
+
+def synthetic_batch(rv, batch: int, action_size: int = 4, state_size: int = 4) -> dict:
+    """A batch shaped like `WindowSampler` output (values don't change the cost)."""
+    ch, size = rv.variant.chunk, rv.backbone.codec.image_size
+    F = ch.chunks * ch.latent_frames
+    H = ch.chunks * ch.actions
+    g = torch.Generator().manual_seed(0)
+    return {"frames": torch.randint(0, 255, (batch, 1 + F, size, size, 3), dtype=torch.uint8, generator=g),
+            "frame_pad": torch.zeros(batch, 1 + F, dtype=torch.bool),
+            "actions": torch.randn(batch, H, action_size, generator=g),
+            "action_pad": torch.zeros(batch, H, dtype=torch.bool),
+            "state": torch.randn(batch, state_size, generator=g),
+            "task": ["pick up the red cube and place it on the yellow pad"] * batch}
+
+
+def matmul_flops_per_s(n: int = 512, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def step_fn(model, opt, batch):
+    def step():
+        loss = model.loss(batch, torch.Generator().manual_seed(0))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def op_breakdown(step) -> dict:
+    """Share of CPU time by op family for one step (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    fam = {"matmul": 0.0, "attention": 0.0, "norm": 0.0, "optimizer": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        name, t = e.key, e.self_cpu_time_total
+        if any(k in name for k in ("addmm", "mm", "bmm", "linear", "matmul")):
+            fam["matmul"] += t
+        elif "attention" in name or "softmax" in name:
+            fam["attention"] += t
+        elif "norm" in name:
+            fam["norm"] += t
+        elif "adam" in name.lower() or "_foreach" in name:
+            fam["optimizer"] += t
+        else:
+            fam["other"] += t
+    total = sum(fam.values()) or 1.0
+    return {k: v / total for k, v in fam.items()}
+
+
+def measure(args) -> dict:
+    threads = torch.get_num_threads() if getattr(args, "threads", None) is None else args.threads
+    torch.set_num_threads(threads)
+    names = (args.variants or "fastwam").split(",")
+    batch_size, blocks, per_block = (16, 3, 3) if args.quick else (16, 6, 8)
+    rows, figures, notes = [], {}, []
+    for name in names:
+        rv = resolve_variant(name)
+        from harness.wam import WorldActionModel
+        torch.manual_seed(0)
+        model = WorldActionModel(rv, 4, 4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batch = synthetic_batch(rv, batch_size)
+        step = step_fn(model, opt, batch)
+        step()  # warm-up
+        with FlopCounterMode(display=False) as fc:
+            step()
+        flops = fc.get_total_flops()
+        step_times, peaks = [], []
+        for _ in range(blocks):  # interleave: model steps, then the matmul peak
+            t0 = time.perf_counter()
+            for _ in range(per_block):
+                step()
+            step_times.append((time.perf_counter() - t0) / per_block)
+            peaks.append(matmul_flops_per_s())
+        step_s = float(np.median(step_times))
+        peak = float(np.max(peaks))
+        mfu = flops / step_s / peak
+        breakdown = op_breakdown(step)
+        rows.append({"variant": name, "batch": batch_size, "threads": threads, "ms_per_step": step_s * 1000,
+                     "samples_per_s": batch_size / step_s, "gflop_per_step": flops / 1e9,
+                     "achieved_gflop_s": flops / step_s / 1e9, "matmul_peak_gflop_s": peak / 1e9, "mfu": mfu,
+                     **{f"time_{k}": v for k, v in breakdown.items()}})
+        if name == names[0]:
+            figures["samples_per_s"] = batch_size / step_s
+            figures["mfu"] = mfu
+    notes.append("MFU counts matmul/attention FLOPs of forward+backward; peak = best fp32 512x512 matmul in the same run")
+    return {"figures": figures, "rows": rows, "notes": notes}

@@ -1,0 +1,100 @@
+"""The vertical slice for real: tabletop demos -> short training -> closed-loop evaluation -> store."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.config import Registry, ResolvedVariant, override, resolve_variant
+from harness.demos import make_demos
+from harness.evaluate import episode_plan, evaluate_cell
+from harness.policy import load_policy
+from harness.store import CellKey, Store
+from harness.train import train
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def tabletop():
+    return Registry().suite("tabletop")
+
+
+@pytest.fixture(scope="module")
+def trained(tabletop, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    ds = make_demos(tabletop, 8, seed=0, out=root / "demos", workers=2, quiet=True)
+    rv = resolve_variant("fastwam")
+    rv = ResolvedVariant(override(rv.variant, {"train.steps": 20, "train.batch_size": 8}), rv.backbone)
+    return train(rv, ds, root / "train", progress=False).checkpoint
+
+
+def test_short_train_and_eval_writes_a_valid_result(trained, tabletop, tmp_path):
+    cell = Store(tmp_path).cell(CellKey("t", "fastwam", "tabletop", 0, "O1-kvcache"))
+    res = evaluate_cell(cell, tabletop, load_policy(trained), checkpoint_path=trained, episodes_per_task=1,
+                        workers=2, progress=False)
+    m = res["metrics"]
+    assert res["status"] == "complete" and m["n_episodes"] == len(tabletop.tasks) and m["n_errors"] == 0
+    assert 0.0 <= m["success_rate"] <= 1.0 and m["latency_ms"]["p50"] > 0
+    eps = cell.episodes()
+    assert {e["task"] for e in eps} == {t.name for t in tabletop.tasks}
+    assert all(e["steps"] > 0 and len(e["latency_ms"]) >= 1 and 0 <= e["max_progress"] <= 1 for e in eps)
+    assert res["checkpoint"]["sha256"] and res["provenance"]["packages"]["mujoco"]
+    assert res["config"]["suite"]["name"] == "tabletop"
+
+
+def test_reference_rows_expert_beats_random(tabletop, tmp_path):
+    store = Store(tmp_path)
+    rows = {}
+    for ref in ("expert", "random"):
+        rows[ref] = evaluate_cell(store.cell(CellKey("t", ref, "tabletop", 0, "reference")), tabletop, ref,
+                                  episodes_per_task=2, workers=2, progress=False)["metrics"]
+    assert rows["expert"]["success_rate"] >= 0.9 and rows["random"]["success_rate"] <= 0.25
+
+
+def test_simulator_faults_are_errors_not_failures(tabletop, tmp_path, monkeypatch):
+    """Task 1 raises SimulatorError, task 2's worker process dies: both are recorded as errors,
+    the other episodes run normally, and the pool survives."""
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    spec = dataclasses.replace(tabletop, adapter="faulty_env:FaultyTabletopEnv")
+    cell = Store(tmp_path).cell(CellKey("t", "expert", "faulty", 0, "reference"))
+    res = evaluate_cell(cell, spec, "expert", episodes_per_task=2, workers=2, progress=False)
+    eps = {(e["task_index"], e["init_index"]): e for e in cell.episodes()}
+    assert len(eps) == 8
+    for (task, _), e in eps.items():
+        if task in (1, 2):
+            assert e["error"] and e["success"] is None, e
+        else:
+            assert e["error"] is None and e["success"] is True
+    assert "physics exploded" in eps[(1, 0)]["error"] and "died" in eps[(2, 0)]["error"]
+    assert res["metrics"]["n_errors"] == 4 and res["metrics"]["success_rate"] == 1.0
+
+
+def test_interrupted_eval_resumes_without_duplicates(trained, tmp_path):
+    """Ctrl-C during `wam-bench eval`, then the same command: every planned episode once."""
+    cmd = [sys.executable, "-m", "harness.cli", "eval", "--checkpoint", str(trained), "--suite", "tabletop",
+           "--episodes", "2", "--root", str(tmp_path), "--experiment", "r", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eps_file = tmp_path / "r" / "fastwam" / "tabletop" / "seed0" / "O1-kvcache" / "episodes.jsonl"
+    deadline = time.time() + 120
+    while (not eps_file.exists() or len(eps_file.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    n_before = len(eps_file.read_text().splitlines())
+    assert 2 <= n_before < 8
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-800:]
+    ids = [json.loads(line)["episode_id"] for line in eps_file.read_text().splitlines()]
+    from harness.store import Cell
+    planned = {Cell.episode_id(t, i, s) for t, i, s in episode_plan(Registry().suite("tabletop"), 0, 2)}
+    assert len(ids) == len(set(ids)) == 8 and set(ids) == planned
+    result = json.loads((eps_file.parent / "result.json").read_text())
+    assert result["metrics"]["n_episodes"] == 8
