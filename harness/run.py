@@ -1,16 +1,16 @@
-"""`wam-bench run` (= `make run`): the grid on one machine.
+"""`wam-bench run` (= `make run`): the grid, as Ray tasks (harness/grid.py).
 
 demos (cached) -> train every variant × suite × seed -> evaluate each at its levels, plus the
-scripted-expert and random reference rows -> report. Every cell lives in the results store, so a
-re-run skips what is finished and resumes what is not.
+scripted-expert and random reference rows -> report. Train and eval cells are Ray tasks with
+declared CPUs/GPUs and retries (a local Ray by default, `--address` for a cluster); every cell
+lives in the results store, so a re-run (even after the driver was killed) skips what is finished
+and resumes what is not. A failed cell is recorded with its traceback and the command exits 1.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.config import Registry, ResolvedVariant, override, resolve_variant
@@ -29,11 +29,13 @@ class GridOptions:
     demos: int = 200
     steps: int | None = None
     episodes: int | None = None
-    workers: int = 2
+    workers: int = 1                  # environment processes per eval cell (and demo processes)
     root: str = "results"
     reports: str = "reports"
     references: bool = True
     include_path: tuple = ()
+    datasets: dict = field(default_factory=dict)  # suite -> dataset folder (default: cached demos)
+    progress: bool = False            # per-cell progress bars (off: the grid prints a summary)
 
 
 def train_key(o: GridOptions, variant: str, suite: str, seed: int):
@@ -50,104 +52,142 @@ def resolved(o: GridOptions, variant: str, seed: int) -> ResolvedVariant:
 
 
 def train_cell(o: GridOptions, variant: str, suite: str, seed: int, dataset: str, position: int = 0) -> str:
-    """One train cell (runs in a worker process with one torch thread)."""
-    import torch
-    torch.set_num_threads(1)
+    """One train cell: returns the checkpoint path (resumes a partial training, skips a finished one)."""
     from harness.store import Store
     from harness.train import train
+    cell = Store(o.root).cell(train_key(o, variant, suite, seed))
+    ckpt = trained_checkpoint(o, variant, suite, seed)
+    if ckpt:
+        return ckpt
+    rv = resolved(o, variant, seed)
+    res = train(rv, dataset, cell.path, desc=f"train {variant:<18}", progress=o.progress)
+    return str(res.checkpoint)
+
+
+def trained_checkpoint(o: GridOptions, variant: str, suite: str, seed: int) -> str | None:
+    """The checkpoint of a finished train cell with this exact config, else None."""
+    from harness.store import Store
     cell = Store(o.root).cell(train_key(o, variant, suite, seed))
     rv = resolved(o, variant, seed)
     info = cell.train_info()
     ckpt = cell.path / "last.safetensors"
     if info and info.get("step") == rv.variant.train.steps and info.get("config_hash") == rv.hash and ckpt.exists():
         return str(ckpt)
-    res = train(rv, dataset, cell.path, desc=f"train {variant:<18}", progress=True)
-    return str(res.checkpoint)
+    return None
 
 
-def _pool(n: int):
-    return cf.ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"))
-
-
-def run_grid(o: GridOptions) -> dict:
-    """Run the whole grid; returns {"failed": [...], "cells": [...keys]}."""
-    import torch
-    torch.set_num_threads(1)
-    from harness.demos import make_demos
+def eval_cell(checkpoint: str, o: GridOptions, variant: str, suite: str, seed: int, level_name: str) -> dict:
+    """One eval cell: the checkpoint at one optimization level, into the store."""
     from harness.evaluate import evaluate_cell
-    from harness.levels import infer_options, not_applicable
+    from harness.levels import apply_transforms, infer_options
     from harness.policy import load_policy
-    from harness.levels import apply_transforms
-    from harness.report import write_report
     from harness.store import CellKey, Store
+    reg = Registry(list(o.include_path))
+    level = reg.opt_level(level_name)
+    policy = load_policy(checkpoint, infer_options(level), level_name)
+    info = apply_transforms(policy.model, level)
+    res = evaluate_cell(Store(o.root).cell(CellKey(o.experiment, variant, suite, seed, level_name)), reg.suite(suite),
+                        policy, config={"level_info": info}, checkpoint_path=checkpoint, episodes_per_task=o.episodes,
+                        workers=o.workers, progress=o.progress)
+    return res["metrics"]
 
+
+def reference_cell(o: GridOptions, ref: str, suite: str, seed: int) -> dict:
+    """The scripted-expert or random reference row of one suite."""
+    from harness.evaluate import evaluate_cell
+    from harness.store import CellKey, Store
+    spec = Registry(list(o.include_path)).suite(suite)
+    res = evaluate_cell(Store(o.root).cell(CellKey(o.experiment, ref, suite, seed, "reference")), spec, ref,
+                        config={"policy": ref}, episodes_per_task=o.episodes, workers=o.workers, progress=o.progress)
+    return res["metrics"]
+
+
+def absolute(o: GridOptions) -> GridOptions:
+    """Paths as absolute ones: Ray workers may run in another folder (or on another node)."""
+    return replace(o, root=str(Path(o.root).resolve()), include_path=tuple(str(Path(p).resolve()) for p in o.include_path))
+
+
+def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
+    """-> (cells to run, {key: value} of cells already complete, every expected key)."""
+    from harness.grid import GridCell
+    from harness.levels import not_applicable
+    from harness.store import CellKey, Result, Store
     reg = Registry(list(o.include_path))
     store = Store(o.root)
+    cells, done, expected = [], {}, []
+    for v in o.variants:
+        for s in o.suites:
+            for seed in o.seeds:
+                tk = train_key(o, v, s, seed)
+                expected.append(tk)
+                ckpt = trained_checkpoint(o, v, s, seed)
+                if ckpt:
+                    done[tk] = ckpt
+                else:
+                    cells.append(GridCell(tk, train_cell, (o, v, s, seed, datasets[s]), label=f"train {v}/{s}/seed{seed}"))
+                spec = resolved(o, v, seed).variant
+                for lvl in o.levels:
+                    key = CellKey(o.experiment, v, s, seed, lvl)
+                    expected.append(key)
+                    cell = store.cell(key)
+                    why = not_applicable(reg.opt_level(lvl), spec)
+                    if why:  # recorded by the driver: no work, no worker
+                        if not cell.is_complete():
+                            cell.write_result(Result(o.experiment, v, s, seed, lvl, status="complete", extra={"n/a": why}))
+                        done[key] = None
+                    elif cell.is_complete():
+                        done[key] = cell.result()["metrics"]
+                    else:
+                        cells.append(GridCell(key, eval_cell, (o, v, s, seed, lvl), deps=(tk,),
+                                              label=f"eval {v}/{s}/seed{seed}/{lvl}"))
+    if o.references:
+        for ref in ("expert", "random"):
+            for s in o.suites:
+                for seed in o.seeds:
+                    key = CellKey(o.experiment, ref, s, seed, "reference")
+                    expected.append(key)
+                    if store.cell(key).is_complete():
+                        done[key] = store.cell(key).result()["metrics"]
+                    else:
+                        cells.append(GridCell(key, reference_cell, (o, ref, s, seed), label=f"eval {ref}/{s}/seed{seed}"))
+    return cells, done, expected
+
+
+def run_grid(o: GridOptions, ro=None) -> dict:
+    """Run the whole grid on Ray; returns {"failed": [(what, error)], "summary", "index", "wall_s"}."""
+    from harness.demos import make_demos
+    from harness.grid import RayOptions, run_cells
+    from harness.report import write_report
+
+    ro = ro or RayOptions()
+    o = absolute(o)
+    reg = Registry(list(o.include_path))
     suites = {s: reg.suite(s) for s in o.suites}
     for v in o.variants:
         reg.variant(v)  # unknown names fail before any work starts
-    levels = {name: reg.opt_level(name) for name in o.levels}
+    for name in o.levels:
+        reg.opt_level(name)
     t0 = time.perf_counter()
-    failed, expected = [], []
 
-    # 1. demonstrations (cached by suite version, seed, count)
-    datasets = {}
+    # 1. demonstrations (cached by suite version, seed, count), made by the driver
+    datasets = dict(o.datasets)
     for name, spec in suites.items():
-        print(f"[demos] {name}: {o.demos} expert episodes")
-        datasets[name] = str(make_demos(spec, o.demos, seed=0, workers=o.workers))
+        if name not in datasets:
+            print(f"[demos] {name}: {o.demos} expert episodes", flush=True)
+            datasets[name] = str(make_demos(spec, o.demos, seed=0, workers=o.workers).resolve())
 
-    # 2. train cells, `workers` at a time
-    jobs = [(v, s, seed) for v in o.variants for s in suites for seed in o.seeds]
-    print(f"[train] {len(jobs)} cells on {o.workers} processes")
-    ckpts = {}
-    with _pool(o.workers) as pool:
-        futs = {pool.submit(train_cell, o, v, s, seed, datasets[s], i % o.workers): (v, s, seed)
-                for i, (v, s, seed) in enumerate(jobs)}
-        for n, fut in enumerate(cf.as_completed(futs), 1):
-            job = futs[fut]
-            expected.append(train_key(o, *job))
-            try:
-                ckpts[job] = fut.result()
-                print(f"[train {n}/{len(jobs)}] done {job[0]} on {job[1]} seed {job[2]}")
-            except Exception as e:  # the rest of the grid goes on; the command fails at the end
-                failed.append((f"train {job}", f"{type(e).__name__}: {e}"))
-                print(f"[train {n}/{len(jobs)}] FAILED {job[0]} on {job[1]}: {e}")
+    # 2. train cells, then the eval cells that depend on them, and the reference rows, on Ray
+    cells, done, expected = plan_grid(o, datasets)
+    summary = run_cells(cells, o.root, ro, done)
+    print(f"[grid] {summary.line()}", flush=True)
+    failed = [(label, err) for label, err in summary.failed]
+    failed += [(label, f"not run: {err}") for label, err in summary.blocked]
 
-    # 3. eval cells: every trained variant at every requested level, plus reference rows
-    evals = [(job, lvl) for job in ckpts for lvl in levels]
-    refs = [(ref, s, seed) for ref in ("expert", "random") for s in suites for seed in o.seeds] if o.references else []
-    total = len(evals) + len(refs)
-    for n, ((v, s, seed), lvl) in enumerate(evals, 1):
-        key = CellKey(o.experiment, v, s, seed, lvl)
-        expected.append(key)
-        cell = store.cell(key)
-        level = levels[lvl]
-        policy = load_policy(ckpts[(v, s, seed)], infer_options(level), lvl)
-        why = not_applicable(level, policy.model.v)
-        print(f"[eval {n}/{total}] {v} on {s} at {lvl}" + (f": n/a ({why})" if why else ""))
-        if why:
-            from harness.store import Result
-            cell.write_result(Result(o.experiment, v, s, seed, lvl, status="complete", extra={"n/a": why}))
-            continue
-        try:
-            info = apply_transforms(policy.model, level)
-            evaluate_cell(cell, suites[s], policy, config={"level_info": info}, checkpoint_path=ckpts[(v, s, seed)],
-                          episodes_per_task=o.episodes, workers=o.workers)
-        except Exception as e:
-            failed.append((f"eval {key}", f"{type(e).__name__}: {e}"))
-            print(f"[eval {n}/{total}] FAILED: {e}")
-    for n, (ref, s, seed) in enumerate(refs, len(evals) + 1):
-        key = CellKey(o.experiment, ref, s, seed, "reference")
-        expected.append(key)
-        print(f"[eval {n}/{total}] {ref} reference on {s}")
-        evaluate_cell(store.cell(key), suites[s], ref, config={"policy": ref}, episodes_per_task=o.episodes,
-                      workers=o.workers)
-
-    # 4. report
+    # 3. report
     index = write_report(o.root, o.experiment, o.reports, expected=expected)
     print(f"[report] {index}")
-    print(f"[done] {time.perf_counter() - t0:.0f} s, {len(failed)} failed")
-    return {"failed": failed, "index": index, "wall_s": time.perf_counter() - t0}
+    print(f"[done] {time.perf_counter() - t0:.0f} s, {len(summary.failed)} failed, {len(summary.blocked)} not run")
+    return {"failed": failed, "index": index, "wall_s": time.perf_counter() - t0, "summary": summary}
 
 
 def add_arguments(p):
@@ -159,10 +199,29 @@ def add_arguments(p):
     p.add_argument("--demos", type=int, default=200, help="expert episodes per suite")
     p.add_argument("--steps", type=int, default=None, help="override every variant's train.steps")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task (default: the suite's)")
-    p.add_argument("--workers", type=int, default=2, help="parallel processes")
+    p.add_argument("--workers", type=int, default=1, help="environment processes per eval cell (and demo processes)")
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-references", action="store_true", help="skip the expert and random rows")
+    add_ray_arguments(p)
+
+
+def add_ray_arguments(p):
+    g = p.add_argument_group("Ray")
+    g.add_argument("--address", default=None, help="existing Ray cluster (e.g. ray://host:10001 or auto); "
+                   "default: start a local Ray. The results root must be on storage every node sees")
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
+    g.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs per cell (= its torch threads)")
+    g.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs per cell")
+    g.add_argument("--max-retries", type=int, default=3, help="retries of a cell whose worker process died")
+
+
+def ray_options_from_args(args):
+    from harness.grid import RayOptions
+    if args.cpus_per_cell <= 0 or args.gpus_per_cell < 0 or args.max_retries < 0:
+        raise UserError("--cpus-per-cell must be > 0, --gpus-per-cell and --max-retries >= 0")
+    return RayOptions(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
+                      gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries)
 
 
 def options_from_args(args) -> GridOptions:
@@ -175,7 +234,9 @@ def options_from_args(args) -> GridOptions:
 
 def main(args) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    out = run_grid(options_from_args(args))
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    out = run_grid(options_from_args(args), ray_options_from_args(args))
     for what, err in out["failed"]:
         print(f"FAILED {what}: {err}")
     return 1 if out["failed"] else 0

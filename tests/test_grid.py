@@ -1,0 +1,126 @@
+"""The Ray grid on a real local Ray: completes, resumes, survives a killed worker, records failures."""
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from harness.grid import ERROR_FILE, WORKER_FILE, RayOptions  # noqa: E402
+from harness.run import GridOptions, run_grid  # noqa: E402
+from harness.store import CellKey, Store, read_jsonl  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def grid_env(tmp_path_factory, ray_session):
+    """A tiny demo set, a store, and a folder with a variant that diverges on purpose."""
+    from harness.config import Registry
+    from harness.demos import make_demos
+    base = tmp_path_factory.mktemp("grid")
+    ds = make_demos(Registry().suite("tabletop"), 4, seed=0, out=base / "demos", workers=1, video=False, quiet=True)
+    inc = base / "include"
+    (inc / "variants").mkdir(parents=True)
+    (inc / "variants" / "broken.yaml").write_text(
+        f"include: {REPO / 'variants' / 'fastwam.yaml'}\ndescription: diverges on purpose\ntrain: {{lr: 1.0e+30}}\n")
+    return {"root": base / "results", "reports": base / "reports", "dataset": str(ds), "include": str(inc)}
+
+
+def options(env, **kw) -> GridOptions:
+    o = dict(experiment="g", variants=("fastwam",), levels=("O1-kvcache",), steps=8, episodes=1, workers=1,
+             root=str(env["root"]), reports=str(env["reports"]), references=False,
+             datasets={"tabletop": env["dataset"]}, include_path=(env["include"],))
+    o.update(kw)
+    return GridOptions(**o)
+
+
+RO = RayOptions(cpus_per_cell=1, max_retries=3)
+
+
+def test_grid_completes_and_rerun_does_no_work(grid_env):
+    o = options(grid_env, levels=("O0-eager", "O1-kvcache", "O6-flash"), references=True)
+    out = run_grid(o, RO)
+    assert out["failed"] == []
+    store = Store(grid_env["root"])
+    keys = [CellKey("g", "fastwam", "tabletop", 0, lvl) for lvl in ("train", "O0-eager", "O1-kvcache", "O6-flash")]
+    keys += [CellKey("g", ref, "tabletop", 0, "reference") for ref in ("expert", "random")]
+    for k in keys:
+        assert store.cell(k).status() == "complete", k
+    for k in keys[1:3] + keys[4:]:
+        eps = store.cell(k).episodes()
+        assert len(eps) == 4 and len({e["episode_id"] for e in eps}) == 4  # 4 tasks x 1 episode
+        w = json.loads((store.cell(k).path / WORKER_FILE).read_text())
+        assert w["state"] == "done" and w["torch_threads"] == 1
+    assert store.cell(keys[3]).result()["extra"]["n/a"]  # O6-flash does not apply to fastwam: no worker
+    assert len(out["summary"].done) == 5
+
+    before = {k: store.cell(k).episodes_path.stat().st_mtime_ns for k in keys[1:3]}
+    again = run_grid(o, RO)
+    assert again["failed"] == [] and again["summary"].done == []
+    assert len(again["summary"].skipped) == len(keys)
+    assert {k: store.cell(k).episodes_path.stat().st_mtime_ns for k in keys[1:3]} == before
+
+
+def test_failing_cell_is_recorded_and_the_rest_goes_on(grid_env, capsys, monkeypatch):
+    o = options(grid_env, experiment="fail", variants=("broken", "fastwam"), levels=("O1-kvcache",))
+    out = run_grid(o, RO)
+    labels = [what for what, _ in out["failed"]]
+    assert "train broken/tabletop/seed0" in labels
+    assert "eval broken/tabletop/seed0/O1-kvcache" in labels  # not run: its checkpoint failed
+    store = Store(grid_env["root"])
+    broken = store.cell(CellKey("fail", "broken", "tabletop", 0, "train"))
+    assert "diverged" in (broken.path / ERROR_FILE).read_text() and "Traceback" in (broken.path / ERROR_FILE).read_text()
+    assert broken.status() == "failed"
+    assert store.cell(CellKey("fail", "fastwam", "tabletop", 0, "O1-kvcache")).status() == "complete"
+
+    from harness.cli import main
+    monkeypatch.chdir(grid_env["root"].parent)  # the command's demo cache lands in the temp folder
+    code = main(["--include-path", grid_env["include"], "run", "--experiment", "fail", "--variants", "broken,fastwam",
+                 "--steps", "8", "--episodes", "1", "--root", str(grid_env["root"]), "--reports",
+                 str(grid_env["reports"]), "--no-references", "--demos", "4"])
+    assert code == 1
+    assert "FAILED train broken/tabletop/seed0" in capsys.readouterr().out
+
+
+def test_killed_worker_is_retried_without_duplicates(grid_env):
+    o = options(grid_env, experiment="kill", levels=("O0-eager",), episodes=3)
+    key = CellKey("kill", "fastwam", "tabletop", 0, "O0-eager")
+    cell = Store(grid_env["root"]).cell(key)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(run_grid(o, RO)), daemon=True)
+    t.start()
+    killed = None
+    deadline = time.time() + 240
+    while time.time() < deadline and killed is None:
+        try:
+            w = json.loads((cell.path / WORKER_FILE).read_text())
+        except (OSError, ValueError):
+            w = {}
+        if w.get("state") == "running" and len(read_jsonl(cell.episodes_path)) >= 1:
+            os.kill(w["pid"], signal.SIGKILL)
+            killed = w["pid"]
+        time.sleep(0.2)
+    assert killed, "the eval cell never got going"
+    t.join(timeout=300)
+    assert not t.is_alive() and result["failed"] == []
+    w = json.loads((cell.path / WORKER_FILE).read_text())
+    assert w["attempt"] >= 2 and w["pid"] != killed
+    raw = [r["episode_id"] for r in read_jsonl(cell.episodes_path)]
+    assert len(raw) == 12 and len(set(raw)) == 12  # every episode exactly once, none lost
+    res = cell.result()
+    assert res["status"] == "complete" and res["metrics"]["n_episodes"] == 12
