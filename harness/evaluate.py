@@ -178,6 +178,29 @@ class Running:
     calls: int = 0
 
 
+class RandomPolicy:
+    """Uniform random actions in [-1, 1] through the same chunk path as a trained policy (the
+    random reference row, and the harness-overhead benchmark)."""
+    variant = "random"
+    needs_history = False
+    last_latency_ms = 0.0
+    last_evals = 0
+
+    def __init__(self, action_dim: int, action_horizon: int = 8, frame_stride: int = 8, seed: int = 0):
+        self.action_dim, self.action_horizon, self.frame_stride = action_dim, action_horizon, frame_stride
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self):
+        pass
+
+    def infer(self, obs, noise_seed=None):
+        t0 = time.perf_counter()
+        rng = self.rng if noise_seed is None else np.random.default_rng(noise_seed)
+        out = rng.uniform(-1, 1, (self.action_horizon, self.action_dim)).astype(np.float32)
+        self.last_latency_ms = (time.perf_counter() - t0) * 1000
+        return out
+
+
 def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, execution: str = "sync",
                  noise_seed: int | None = None, progress: bool = True, desc: str = "eval"):
     """Run `plan` episodes and call `record(dict)` for each as it finishes.
@@ -185,6 +208,8 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
     `policy` is a Policy-like object (`infer`, `reset`, `needs_history`, `frame_stride`,
     `action_horizon`, `last_latency_ms`) or the string "expert" / "random" (reference rows).
     """
+    if policy == "random":
+        policy = RandomPolicy(spec.action_dim, spec.action_horizon or 8)
     scripted = policy if isinstance(policy, str) else None
     if execution not in ("sync", "async"):
         raise UserError(f"--execution {execution!r}: expected sync or async")

@@ -197,7 +197,8 @@ def ablation_rows(col: Collected) -> list[dict]:
                 "success_lo_pct": _round(None if lo is None else 100 * lo),
                 "success_hi_pct": _round(None if hi is None else 100 * hi),
                 "progress_mean": _round(m["progress_mean"]), "progress_lo": _round(plo),
-                "progress_hi": _round(phi), "paper_success_pct": paper_success_pct(v, s),
+                "progress_hi": _round(phi), "latency_p50_ms": _round(m["latency_ms"]["p50"], 2),
+                "paper_success_pct": paper_success_pct(v, s),
             })
     return rows
 
@@ -253,7 +254,7 @@ def ablation_grid(col: Collected, rows: list[dict]) -> tuple[list[str], list[lis
     paper_suites = {s for s in col.suites if any(paper_success_pct(v, s) is not None for v in col.variants)}
     header, groups = ["variant", "level"], []
     for s in col.suites:
-        cols = ["success % [95% CI]", "progress [95% CI]", "n"] + (["paper %"] if s in paper_suites else [])
+        cols = ["success % [95% CI]", "progress [95% CI]", "n", "latency p50 ms"] + (["paper %"] if s in paper_suites else [])
         header += [f"{s} {c}" for c in cols]
         groups.append((s, len(cols)))
     body = []
@@ -262,13 +263,14 @@ def ablation_grid(col: Collected, rows: list[dict]) -> tuple[list[str], list[lis
         for s in col.suites:
             r = by.get((v, s))
             if r is None:
-                line += ["—", "—", "0"]
+                line += ["—", "—", "0", "—"]
             elif r["success_pct"] is None:
-                line += [r["status"], "—", str(r["n_valid"])]
+                line += [r["status"], "—", str(r["n_valid"]), "—"]
             else:
                 line += [_ci(r["success_pct"], r["success_lo_pct"], r["success_hi_pct"], lambda x: f"{x:.1f}"),
                          _ci(r["progress_mean"], r["progress_lo"], r["progress_hi"], lambda x: f"{x:.2f}"),
-                         str(r["n_valid"]) + (f" (+{r['n_errors']} err)" if r["n_errors"] else "")]
+                         str(r["n_valid"]) + (f" (+{r['n_errors']} err)" if r["n_errors"] else ""),
+                         _num(r["latency_p50_ms"], 1) or "—"]
             if s in paper_suites:
                 p = paper_success_pct(v, s)
                 line.append("—" if p is None else f"{p:.1f}")
