@@ -74,7 +74,11 @@ def build_model(meta: dict, model_sd: dict | None = None):
         raise UserError(f"checkpoint config is unreadable ({e}); was it written by another wam-bench version?") from None
     model = WorldActionModel(rv, meta["action_size"], meta["state_size"], meta.get("stats"))
     if model_sd is not None:
-        missing, unexpected = model.load_state_dict(model_sd, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(model_sd, strict=False)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint weights do not fit this version's model ({str(e).splitlines()[-1].strip()[:120]}); "
+                            "re-train it, or evaluate it with the wam-bench commit it records") from None
         if missing or unexpected:
             raise UserError(f"checkpoint weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
