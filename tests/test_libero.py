@@ -311,15 +311,17 @@ def test_demos_for_two_object_tasks(tmp_path):
     """`wam-bench demos --suite libero_object` path: scripted demos from random inits, LeRobot output."""
     from harness.demos import make_demos
     spec = Registry().suite("libero_object")
-    spec = dataclasses.replace(spec, tasks=spec.tasks[:2], image_size=128, options={**spec.options, "assets": _assets()})
+    # one small camera: software GL costs ~0.1–0.5 s a frame whatever the size, and demos render every step
+    spec = dataclasses.replace(spec, tasks=spec.tasks[:2], image_size=64, cameras=["agentview"],
+                               options={**spec.options, "assets": _assets()})
     out = make_demos(spec, episodes=2, seed=0, out=tmp_path / "demos", workers=1, quiet=True)
     data = open_dataset(out)
-    assert data.num_episodes == 2 and sorted(data.camera_names) == ["agentview", "wrist"]
+    assert data.num_episodes == 2 and data.camera_names == ["agentview"]
     assert (data.state_dim, data.action_dim) == (8, 7)
     per_task = data.info_extra["demos"]["per_task"]
     assert sorted(per_task) == sorted(t.name for t in spec.tasks)
     for i in range(2):
         ep = data.episode(i)
-        assert ep.task == spec.tasks[i].instruction and ep.images["agentview"].shape[1:] == (128, 128, 3)
+        assert ep.task == spec.tasks[i].instruction and ep.images["agentview"].shape[1:] == (64, 64, 3)
         assert ep.action[:, 6].max() == 1.0 and ep.action[:, 6].min() == -1.0  # grasped and released
         assert np.abs(ep.state[-1, :3] - ep.state[0, :3]).max() > 0.05  # the arm moved
