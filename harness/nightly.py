@@ -1,0 +1,250 @@
+"""`wam-bench nightly [--preset NAME] [--bless]`: the regression gate against results/baselines/.
+
+Runs a fixed small preset (demos -> train -> closed-loop eval at one level, one torch thread,
+seeded: the same code gives the same episodes) and compares it with
+`results/baselines/<preset>.json`:
+
+- success: one-sided Fisher exact test (harness.stats.two_proportion_test), fails at p < alpha;
+- task progress: one-sided Welch t-test on per-episode progress, fails at p < alpha;
+- latency: p50 per inference call divided by a matmul calibration measured in the same process
+  interleaved with the calls (one calibration block after every call), fails when the ratio to
+  the baseline's exceeds --latency-ratio (default 1.25).
+
+Prints the comparison table, writes reports/nightly/<preset>/comparison.{md,json}, exits 1 on a
+regression; `--bless` writes the run as the new baseline instead of comparing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    variant: str = "fastwam"
+    suite: str = "tabletop"
+    level: str = "O1-kvcache"
+    steps: int = 1500
+    demos: int = 200
+    episodes: int = 5          # per task
+    seed: int = 0
+
+
+PRESETS = {
+    # the nightly job: fastwam (tiny backbone) on tabletop, the default training, 20 episodes
+    "tabletop-fastwam": Preset(),
+    # seconds, for tests and spot checks: a barely trained policy, 4 episodes
+    "smoke": Preset(steps=20, demos=8, episodes=1),
+}
+
+
+# ------------------------------------------------------------------ calibration
+
+_CAL = {}
+
+
+def calibration_block() -> float:
+    """ms for a fixed float32 matmul workload (~10 ms on one core): the machine's speed right now."""
+    import torch
+    if not _CAL:
+        g = torch.Generator().manual_seed(0)
+        _CAL["a"] = torch.randn(256, 256, generator=g)
+        _CAL["b"] = torch.randn(256, 256, generator=g)
+    a, b = _CAL["a"], _CAL["b"]
+    t0 = time.perf_counter()
+    for _ in range(8):
+        a = torch.tanh(a @ b * 0.05)
+    return (time.perf_counter() - t0) * 1000
+
+
+class CalibratedPolicy:
+    """Wraps a Policy: after every inference call, one calibration block under the same conditions."""
+
+    def __init__(self, policy):
+        self._p = policy
+        self.calibration_ms: list[float] = []
+        self.last_latency_ms = 0.0
+        self.last_evals = 0
+
+    def __getattr__(self, name):
+        if name == "_p":
+            raise AttributeError(name)
+        return getattr(self._p, name)
+
+    def reset(self):
+        self._p.reset()
+
+    def infer(self, obs, noise_seed=None):
+        out = self._p.infer(obs, noise_seed=noise_seed)
+        self.last_latency_ms, self.last_evals = self._p.last_latency_ms, self._p.last_evals
+        self.calibration_ms.append(calibration_block())
+        return out
+
+
+# ------------------------------------------------------------------ the run
+
+def run_preset(preset: Preset, root: Path, checkpoint: str | None = None, dataset: str | None = None,
+               workers: int = 1) -> dict:
+    """Train (unless `checkpoint`) and evaluate the preset into a fresh store under `root`."""
+    import torch
+    torch.set_num_threads(1)
+    from harness.config import Registry
+    from harness.demos import make_demos
+    from harness.evaluate import evaluate_cell
+    from harness.levels import load_leveled_policy
+    from harness.run import GridOptions, resolved
+    from harness.store import CellKey, Store
+    from harness.train import train
+
+    reg = Registry()
+    spec = reg.suite(preset.suite)
+    store = Store(root)
+    t0 = time.perf_counter()
+    if checkpoint is None:
+        ds = dataset or str(make_demos(spec, preset.demos, seed=0, workers=workers))
+        rv = resolved(GridOptions(steps=preset.steps), preset.variant, preset.seed)
+        print(f"[nightly] train {preset.variant} on {preset.suite}: {preset.steps} steps", flush=True)
+        checkpoint = str(train(rv, ds, store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed,
+                                                          "train")).path, progress=True).checkpoint)
+    policy, cfg = load_leveled_policy(checkpoint, preset.level, reg)
+    cal = CalibratedPolicy(policy)
+    for _ in range(3):
+        calibration_block()  # warm the calibration like the policy's own warm-up call
+    print(f"[nightly] evaluate at {preset.level}: {preset.episodes} episodes x {len(spec.tasks)} tasks", flush=True)
+    cell = store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed, preset.level))
+    res = evaluate_cell(cell, spec, cal, config=cfg, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
+                        workers=workers, progress=True)
+    eps = sorted(cell.episodes(), key=lambda e: e["episode_id"])
+    m = res["metrics"]
+    lat, calib = m["latency_ms"]["p50"], float(np.median(cal.calibration_ms))
+    return {"episodes": [{"episode_id": e["episode_id"], "success": e["success"], "progress": e["progress"]}
+                         for e in eps],
+            "success": {"k": m["n_success"], "n": m["n_valid"]}, "progress_mean": m["progress_mean"],
+            "n_errors": m["n_errors"], "latency_p50_ms": lat, "calibration_ms": calib,
+            "latency_norm": lat / calib if lat else None, "checkpoint": checkpoint,
+            "wall_s": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------ the gate
+
+def welch_greater(base: list[float], cur: list[float]) -> float:
+    """One-sided p-value that the current mean is below the baseline's (Welch's t-test)."""
+    from scipy.stats import ttest_ind
+    a, b = np.asarray(base, float), np.asarray(cur, float)
+    if len(a) < 2 or len(b) < 2:
+        return 1.0
+    if a.std() == 0 and b.std() == 0:  # constant samples: a difference is certain, equality is not a drop
+        return 0.0 if b.mean() < a.mean() else 1.0
+    p = ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+    return 1.0 if math.isnan(p) else float(p)
+
+
+def compare(base: dict, cur: dict, alpha: float = 0.01, latency_ratio: float = 1.25) -> list[dict]:
+    """Rows of the comparison table; `regression` is True where the gate fails."""
+    from harness.stats import two_proportion_test
+    rows = []
+    bs, cs = base["success"], cur["success"]
+    p = two_proportion_test(bs["k"], bs["n"], cs["k"], cs["n"])
+    rows.append({"metric": "success", "baseline": f"{bs['k']}/{bs['n']}", "current": f"{cs['k']}/{cs['n']}",
+                 "test": "one-sided Fisher exact", "value": f"p = {p:.3g}", "limit": f"p < {alpha:g}",
+                 "regression": p < alpha})
+    bp = [e["progress"] for e in base["episodes"] if e.get("progress") is not None]
+    cp = [e["progress"] for e in cur["episodes"] if e.get("progress") is not None]
+    p = welch_greater(bp, cp)
+    rows.append({"metric": "task progress", "baseline": _f(np.mean(bp) if bp else None),
+                 "current": _f(np.mean(cp) if cp else None), "test": "one-sided Welch t-test",
+                 "value": f"p = {p:.3g}", "limit": f"p < {alpha:g}", "regression": p < alpha})
+    bl, cl = base.get("latency_norm"), cur.get("latency_norm")
+    ratio = cl / bl if bl and cl else None
+    rows.append({"metric": "latency p50 / matmul calibration",
+                 "baseline": f"{_f(bl)} ({_f(base.get('latency_p50_ms'), 1)} ms)",
+                 "current": f"{_f(cl)} ({_f(cur.get('latency_p50_ms'), 1)} ms)", "test": "ratio to baseline",
+                 "value": f"x{ratio:.3f}" if ratio else "n/a", "limit": f"> x{latency_ratio:g}",
+                 "regression": bool(ratio and ratio > latency_ratio)})
+    if cur.get("n_errors"):
+        rows.append({"metric": "episode errors", "baseline": str(base.get("n_errors", 0)),
+                     "current": str(cur["n_errors"]), "test": "any simulator error", "value": "",
+                     "limit": "> 0", "regression": True})
+    return rows
+
+
+def _f(x, digits=3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["metric", "baseline", "current", "test", "value", "limit", "verdict"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        r = {**r, "verdict": "REGRESSION" if r["regression"] else "ok"}
+        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ command
+
+def add_arguments(p):
+    p.add_argument("--preset", default="tabletop-fastwam", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--bless", action="store_true", help="write this run as the new baseline (no comparison)")
+    p.add_argument("--baselines", default="results/baselines", help="folder of <preset>.json baselines")
+    p.add_argument("--latency-ratio", type=float, default=1.25, help="fail when normalised latency rises above this ratio")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the success/progress tests")
+    p.add_argument("--root", default="runs/nightly", help="where each run's store goes (a fresh folder per run)")
+    p.add_argument("--reports", default="reports/nightly")
+    p.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training (bisecting)")
+    p.add_argument("--dataset", default=None, help="demonstrations to train on (default: the preset's cached demos)")
+    p.add_argument("--workers", type=int, default=1, help="environment processes")
+
+
+def main(args) -> int:
+    from harness.bench import git_commit, machine
+    from harness.store import atomic_write_json
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset '{args.preset}'; presets: {', '.join(PRESETS)}")
+    if not args.latency_ratio > 1 or not 0 < args.alpha < 1:
+        raise UserError("--latency-ratio must be > 1 and --alpha in (0, 1)")
+    preset = PRESETS[args.preset]
+    base_path = Path(args.baselines) / f"{args.preset}.json"
+    base = None
+    if not args.bless:
+        if not base_path.is_file():
+            raise UserError(f"no baseline {base_path}; create one with `wam-bench nightly --preset {args.preset} --bless`")
+        base = json.loads(base_path.read_text())
+        if base.get("preset") != asdict(preset):
+            raise UserError(f"{base_path} was made with other preset settings ({base.get('preset')}); re-bless it")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    root = Path(args.root) / f"{args.preset}-{stamp}"
+    cur = run_preset(preset, root, args.checkpoint, args.dataset, args.workers)
+    doc = {"preset_name": args.preset, "preset": asdict(preset), **cur, "commit": git_commit(), "machine": machine(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "store": str(root)}
+    out = Path(args.reports) / args.preset
+    if args.bless:
+        atomic_write_json(base_path, doc)
+        print(f"[nightly] blessed {base_path}: success {cur['success']['k']}/{cur['success']['n']}, progress "
+              f"{_f(cur['progress_mean'])}, latency p50 {_f(cur['latency_p50_ms'], 1)} ms "
+              f"(x{_f(cur['latency_norm'])} calibration)")
+        return 0
+    rows = compare(base, cur, args.alpha, args.latency_ratio)
+    bad = [r["metric"] for r in rows if r["regression"]]
+    text = (f"# nightly {args.preset}\n\nbaseline: {base_path} (commit {str(base.get('commit'))[:10]}, {base.get('date')})"
+            f"\ncurrent: commit {str(doc['commit'])[:10]}, {doc['date']}, store {root}\n\n{table(rows)}\n\n"
+            f"Success: one-sided Fisher exact test, progress: one-sided Welch t-test (alpha {args.alpha:g}); "
+            f"latency: p50 per call / a matmul block timed after every call in the same process, "
+            f"limit x{args.latency_ratio:g} of the baseline's.\n\n"
+            + (f"**REGRESSION**: {', '.join(bad)}\n" if bad else "**PASS**: no regression\n"))
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.md").write_text(text)
+    atomic_write_json(out / "comparison.json", {"baseline": str(base_path), "rows": rows, "current": doc,
+                                                "regressions": bad})
+    print(f"[nightly] wrote {out / 'comparison.md'}")
+    return 1 if bad else 0
