@@ -256,3 +256,39 @@ class LiberoEnv(SuiteEnv):
                 env.close()
             except Exception:  # noqa: BLE001 - GL teardown errors at exit are harmless
                 pass
+
+
+# --------------------------------------------------------------------------- speed (for `bench sim`)
+
+def sim_speed(spec: SuiteSpec, task_index: int = 0, steps: int = 80, rounds: int = 3, cadence: int = 4) -> dict:
+    """Steps/s measured side by side (interleaved rounds, medians): physics only, on-demand
+    rendering of every camera once per `cadence` steps (the policy's observations), and
+    robosuite rendering every camera every step (its default, `use_camera_obs=True`)."""
+    import dataclasses
+    import time
+    on_demand = LiberoEnv(spec, task_index)
+    every = LiberoEnv(dataclasses.replace(spec, options={**spec.options, "robosuite_camera_obs": True}), task_index)
+    rng = np.random.default_rng(0)
+
+    def run(env, render_every: int | None) -> float:
+        env.reset(0, seed=0)
+        acts = np.c_[rng.uniform(-0.3, 0.3, (steps, 6)), np.ones(steps)]
+        t0 = time.perf_counter()
+        for k in range(steps):
+            if render_every and k % render_every == 0:
+                env.observe(render=True)
+            env.step(acts[k])
+        return steps / (time.perf_counter() - t0)
+    res = {"physics": [], "cadence": [], "robosuite_every_step": []}
+    try:
+        for _ in range(rounds):
+            res["physics"].append(run(on_demand, None))
+            res["cadence"].append(run(on_demand, cadence))
+            res["robosuite_every_step"].append(run(every, None))
+    finally:
+        on_demand.close()
+        every.close()
+    med = {k: float(np.median(v)) for k, v in res.items()}
+    return {"sim_steps_per_s": med["physics"], "sim_steps_per_s_policy_cadence": med["cadence"],
+            "sim_steps_per_s_robosuite_render_every_step": med["robosuite_every_step"],
+            "cadence_over_robosuite_every_step": med["cadence"] / med["robosuite_every_step"], "rounds": res}
