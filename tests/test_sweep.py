@@ -1,0 +1,99 @@
+"""Optuna sweeps on Ray with SQLite storage: an interrupted sweep, re-run, continues the same study."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+ray = pytest.importorskip("ray")
+
+from optuna.trial import TrialState  # noqa: E402
+
+from harness.errors import UserError  # noqa: E402
+from harness.sweep import load_space, run_sweep  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = """
+study: t
+train: {steps: 6}
+episodes: 1
+base_level: O1-kvcache
+objectives:
+  - {metric: progress_mean, direction: maximize}
+  - {metric: latency_p50_ms, direction: minimize}
+params:
+  infer.steps: {type: int, low: 2, high: 4}
+  horizon: {type: int, low: 6, high: 8}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_space_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: {infer.steps: {type: int, low: 5, high: 2}}\n")
+    with pytest.raises(UserError, match="needs low < high"):
+        load_space(bad)
+    bad.write_text("params: {warp: {type: int, low: 1, high: 2}}\n")
+    with pytest.raises(UserError, match="use infer"):
+        load_space(bad)
+    assert load_space(REPO / "sweeps" / "tabletop-inference.yaml").objectives[1] == ("latency_p50_ms", "minimize")
+
+
+def test_interrupted_sweep_continues_the_study(tmp_path, ray_session):
+    from harness.config import Registry
+    from harness.demos import make_demos
+    ds = make_demos(Registry().suite("tabletop"), 4, seed=0, out=tmp_path / "demos", workers=1, video=False, quiet=True)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", "--space", str(tmp_path / "space.yaml"), "--trials", "3",
+           "--storage", storage, "--root", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"),
+           "--dataset", str(ds), "--parallel", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+    first = []
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            study = optuna.load_study(study_name="t", storage=storage)
+            first = study.get_trials(states=(TrialState.COMPLETE,))
+        except (KeyError, Exception):  # noqa: BLE001  (not created yet)
+            first = []
+        if first:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C mid-sweep: the next trial is running
+            break
+        time.sleep(0.5)
+    out = proc.communicate(timeout=60)[0]
+    assert first, f"no trial finished before the deadline:\n{out[-2000:]}"
+    assert proc.returncode == 130, out[-2000:]
+    study = optuna.load_study(study_name="t", storage=storage)
+    done_before = {t.number: (t.params, t.values) for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    interrupted = [t.params for t in study.get_trials(states=(TrialState.RUNNING,))]
+    assert len(done_before) < 3
+
+    res = run_sweep(load_space(tmp_path / "space.yaml"), 3, storage, str(tmp_path / "results"),
+                    str(tmp_path / "reports"), parallel=1, dataset=str(ds))
+    assert res["failed"] == []
+    study = optuna.load_study(study_name="t", storage=storage)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3
+    for t in complete:  # the first run's trials are kept, not redone
+        if t.number in done_before:
+            assert (t.params, t.values) == done_before[t.number]
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    later = [t.params for t in complete if t.number not in done_before]
+    for params in interrupted:  # the interrupted trial failed and its parameters ran again
+        assert params in later
+    assert res["front"] and (tmp_path / "reports" / "sweeps" / "t" / "pareto.png").stat().st_size > 0
