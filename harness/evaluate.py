@@ -167,6 +167,24 @@ def episode_plan(spec: SuiteSpec, seed: int, episodes_per_task: int | None = Non
     return [(t, i % spec.init_states, seed * 100_003 + t * 1_009 + i) for t in tasks for i in range(n)]
 
 
+def stale_steps(latency_ms: float, control_hz: float) -> int:
+    """Control steps that pass while the policy computes: ceil(latency x control_hz)."""
+    return math.ceil(latency_ms / 1000 * control_hz - 1e-9)
+
+
+def async_chunk(full: np.ndarray, carry: np.ndarray, horizon: int, late: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latency-aware execution of a new chunk `full` -> (actions to execute now, next carry).
+
+    While the policy computed, the robot kept executing `carry` (the previous chunk past its
+    horizon) for `late` steps, holding still (zero action) once it ran out; the new chunk's
+    first `late` actions are then in the past and dropped, and the rest up to `horizon` run.
+    The new chunk past what has been executed becomes the next carry. `late` 0 is sync."""
+    tail = carry[:late]
+    if len(tail) < late:
+        tail = np.concatenate([tail, np.zeros((late - len(tail), full.shape[1]), full.dtype)])
+    return np.concatenate([tail, full[late:horizon]]), full[max(horizon, late):]
+
+
 @dataclass
 class Running:
     task: int
@@ -258,17 +276,10 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
             r.latencies.append(pol.last_latency_ms)
             r.evals.append(pol.last_evals)
             r.calls += 1
-            chunk = full[:horizon]
+            late = 0  # the first call of an episode: the robot waits, nothing is stale yet
             if execution == "async" and r.calls > 1:
-                # While the policy computed, the robot kept executing the previous chunk past the
-                # horizon: ceil(latency x control_hz) steps of it (holding still once it runs out),
-                # and the new chunk's first actions, already in the past, are dropped.
-                late = math.ceil(pol.last_latency_ms / 1000 * spec.control_hz)
-                tail = carry.get(i, full[:0])[:late]
-                if len(tail) < late:
-                    tail = np.concatenate([tail, np.zeros((late - len(tail), full.shape[1]), full.dtype)])
-                chunk = np.concatenate([tail, chunk[late:]])
-            carry[i] = full[horizon:]
+                late = stale_steps(pol.last_latency_ms, spec.control_hz)
+            chunk, carry[i] = async_chunk(full, carry.get(i, full[:0]), horizon, late)
             pool.conns[i].send(("chunk", chunk, stride, history, True))
 
     try:
@@ -359,6 +370,7 @@ def add_arguments(p):
     p.add_argument("--workers", type=int, default=2, help="environment worker processes")
     p.add_argument("--execution", choices=["sync", "async"], default="sync")
     p.add_argument("--noise-seed", type=int, default=0, help="fixed sampling noise per call (-1: random)")
+    p.add_argument("--smooth", action="store_true", help="Savitzky-Golay action smoothing (x2 upsampled)")
     p.add_argument("--root", default="results", help="results store")
 
 
@@ -375,6 +387,8 @@ def main(args) -> int:
     else:
         from harness.levels import load_leveled_policy
         policy, cfg = load_leveled_policy(args.checkpoint, args.level, reg)
+        policy.smoothing = args.smooth
+        cfg["smoothing"] = args.smooth
         key = CellKey(args.experiment, policy.variant, spec.name, args.seed, args.level)
         ckpt = Path(args.checkpoint)
     cell = Store(args.root).cell(key)

@@ -17,9 +17,30 @@ from harness.suites.base import Observation
 from harness.wam import InferOptions
 
 
+def smooth_actions(actions: np.ndarray, window: int = 5, order: int = 2) -> np.ndarray:
+    """Upsample x2 (linear), Savitzky-Golay along time, take every other sample back.
+
+    Chunk boundaries and sampling noise make jerky actions; the filter keeps low-order trends
+    (a polynomial of degree `order` is reproduced exactly). Chunks too short for the window
+    are returned as they are."""
+    from scipy.signal import savgol_filter
+    a = np.asarray(actions)
+    n = len(a)
+    if window % 2 == 0 or window <= order:
+        raise ValueError(f"smoothing window {window} must be odd and larger than order {order}")
+    if 2 * n - 1 < window:
+        return a
+    t = np.arange(n, dtype=np.float64)
+    fine = np.linspace(0, n - 1, 2 * n - 1)
+    up = np.stack([np.interp(fine, t, a[:, j]) for j in range(a.shape[1])], axis=1)
+    return savgol_filter(up, window, order, axis=0, mode="interp")[::2].astype(a.dtype)
+
+
 class Policy:
-    def __init__(self, model, meta: dict, opts: InferOptions | None = None, level: str = "O1-kvcache"):
+    def __init__(self, model, meta: dict, opts: InferOptions | None = None, level: str = "O1-kvcache",
+                 smoothing: bool = False):
         self.model = model.eval()
+        self.smoothing = smoothing   # Savitzky-Golay on each returned chunk (`smooth_actions`)
         self.meta = meta
         self.opts = opts or InferOptions()
         self.level = level
@@ -29,8 +50,8 @@ class Policy:
         self.chunk = v.chunk
         self.action_horizon = v.inference.action_horizon
         self.procedure = v.inference.procedure
-        self.last_latency_ms = 0.0
-        self.last_evals = 0
+        self.last_latency_ms = 0.0   # wall time of the last `infer`, encoding to denormalized actions
+        self.last_evals = 0          # network calls in it (effective denoising steps, DiT cache included)
         self.reset()
 
     @property
@@ -76,6 +97,8 @@ class Policy:
         state = torch.from_numpy(np.array(obs.state, dtype=np.float32))[None]
         out = self.model.sample(cur, state, [obs.instruction], self.opts, noise_seed, blocks)
         actions = self.model.denorm_action(out["actions"])[0].float().numpy()
+        if self.smoothing:
+            actions = smooth_actions(actions)
         self.last_latency_ms = (time.perf_counter() - t0) * 1000
         self.last_evals = out["evals"]
         return actions

@@ -13,7 +13,9 @@ context, batched CFG, DiT caching, step count.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,49 +33,87 @@ class InferOptions:
     """What an optimization level switches on for one inference call."""
     kv_cache: bool = True        # encode the clean context once per call and reuse its K/V
     cfg_batch: bool = False      # conditional + unconditional in one batched forward
-    dit_cache: dict | None = None  # {"always": 2, "rules": [[0.95, 4], [0.93, 2]]} or {"schedule": [...]}
+    cfg_parallel: bool = False   # conditional and unconditional on two workers (threads) at once
+    dit_cache: dict | None = None  # {"always": 2, "rules": [[0.95, 4], [0.93, 2]]} or {"schedule": "TTTFFF..."}
     steps: int | None = None     # override the variant's denoising steps
+    autocast: str | None = None  # "bf16": run the network under torch.autocast (weights stay fp32)
+
+
+DIT_RULES = [[0.95, 4], [0.93, 2]]  # DreamZero's official thresholds -> steps skipped
 
 
 class DitCache:
-    """DreamZero's DiT caching: skip steps while consecutive video velocities barely change.
+    """DreamZero's DiT caching, as its official `should_run_model`: one decision per step.
 
-    Steps 0..always-1 are computed; after each computed step the cosine similarity of the last
-    two computed velocities picks how many of the following steps to skip (first matching
-    threshold); the step after a skip is always computed. A static `schedule` (list of step
-    indices to compute) may be given instead.
+    The first `always` (2) computed steps build a history; a pending skip countdown is honoured
+    (the step after a skip is computed); otherwise the cosine similarity (per sample, averaged)
+    of the last two computed CFG-combined video velocities picks the first rule it exceeds and
+    skips that many steps starting now, reusing the last velocities. Loops shorter than
+    `min_steps` (official: more than 4 steps) always compute. A static `schedule` (a "T/F"
+    string or a list of step indices to compute) replaces the rule, like the official
+    `dit_step_mask`.
     """
 
     def __init__(self, rule: dict | None, steps: int):
-        self.rule, self.steps = rule or {}, steps
+        rule = dict(rule or {})
+        unknown = set(rule) - {"always", "rules", "min_steps", "schedule"}
+        if unknown:
+            raise ValueError(f"dit_cache: unknown keys {sorted(unknown)} (always, rules, min_steps, schedule)")
+        self.always = int(rule.get("always", 2))
+        self.rules = [(float(t), int(n)) for t, n in rule.get("rules", DIT_RULES)]
+        self.enabled = bool(rule) and steps >= int(rule.get("min_steps", 5))
+        self.schedule = None
+        if "schedule" in rule and rule["schedule"] is not None:
+            sch = rule["schedule"]
+            mask = [c == "T" for c in sch] if isinstance(sch, str) else [i in set(sch) for i in range(steps)]
+            if len(mask) != steps or not mask[0]:
+                raise ValueError(f"dit_cache schedule {sch!r}: needs {steps} entries and step 0 computed")
+            self.schedule = mask
         self.history: list[torch.Tensor] = []
-        self.skip_left = 0
-        self.just_skipped = False
+        self.computed = 0
+        self.countdown = 0
+        self.similarities: list[float] = []
 
-    def compute(self, step: int) -> bool:
-        if not self.rule:
+    def run(self, step: int) -> bool:
+        """Whether step `step` calls the network (False: reuse the last velocities)."""
+        if not self.enabled:
             return True
-        if "schedule" in self.rule:
-            return step in self.rule["schedule"]
-        if self.skip_left > 0:
-            self.skip_left -= 1
-            self.just_skipped = True
+        if self.schedule is not None:
+            return self.schedule[step]
+        if self.computed < max(2, self.always):
+            return True
+        if self.countdown > 1:
+            self.countdown -= 1
             return False
+        if self.countdown == 1:
+            self.countdown = 0
+            return True
+        cos = F.cosine_similarity(self.history[-1], self.history[-2], dim=1).mean().item()
+        self.similarities.append(cos)
+        for threshold, skip in self.rules:
+            if cos > threshold:
+                self.countdown = skip
+                return False
         return True
 
-    def update(self, step: int, v: torch.Tensor) -> None:
-        """Record a computed velocity and decide the skip that follows it."""
-        if not self.rule or "schedule" in self.rule:
-            return
-        self.history = (self.history + [v.detach().flatten().float()])[-2:]
-        after_skip, self.just_skipped = self.just_skipped, False
-        if step < self.rule.get("always", 2) - 1 or len(self.history) < 2 or after_skip:
-            return
-        cos = F.cosine_similarity(self.history[0], self.history[1], dim=0).item()
-        for threshold, skip in self.rule.get("rules", [[0.95, 4], [0.93, 2]]):
-            if cos > threshold:
-                self.skip_left = min(skip, self.steps - step - 2)  # the last step is always computed
-                break
+    def record(self, v: torch.Tensor) -> None:
+        """Keep a computed (CFG-combined) video velocity; the last two decide the next skip."""
+        self.history = (self.history + [v.detach().flatten(1).float()])[-2:]
+        self.computed += 1
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _cfg_pool() -> ThreadPoolExecutor:
+    """One extra worker thread for the unconditional pass (torch ops release the GIL)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(1, thread_name_prefix="cfg-uncond")
+    return _POOL
+
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class WorldActionModel(nn.Module):
@@ -233,6 +273,10 @@ class WorldActionModel(nn.Module):
             n = ctxs[0].shape[0]
             vc, vu = ov[:n], ov[n:]
             oa = oa[:n] if oa is not None else None
+        elif opts.cfg_parallel:  # CFG parallelism: the two passes on two workers at once
+            fut = _cfg_pool().submit(self._worker_net, opts, video, action, ctxs[1], q_labels, prefixes[1])
+            vc, oa, _ = self._net(video, action, ctxs[0], q_labels, prefixes[0])
+            vu = fut.result()[0]
         else:  # O0/O1: two sequential passes
             vc, oa, _ = self._net(video, action, ctxs[0], q_labels, prefixes[0])
             vu, _, _ = self._net(video, action, ctxs[1], q_labels, prefixes[1])
@@ -245,11 +289,31 @@ class WorldActionModel(nn.Module):
         _, _, kv = self._net(video, None, ctx, labels, None, return_kv=True)
         return (kv, labels)
 
+    def _worker_net(self, opts: InferOptions, *args):
+        """`_net` on another thread: grad mode and autocast are per thread, so set them again."""
+        with torch.no_grad(), self._autocast(opts, args[2].device.type):
+            return self._net(*args)
+
+    @staticmethod
+    def _autocast(opts: InferOptions, device: str):
+        if not opts.autocast:
+            return nullcontext()
+        if opts.autocast not in AUTOCAST:
+            raise ValueError(f"autocast '{opts.autocast}': expected one of {sorted(AUTOCAST)}")
+        return torch.autocast(device, dtype=AUTOCAST[opts.autocast])
+
     @torch.no_grad()
     def sample(self, latents: torch.Tensor, state: torch.Tensor, prompt: list[str], opts: InferOptions,
                noise_seed: int | None = None, blocks: list[torch.Tensor] | None = None) -> dict:
         """One inference call. `latents` (B, 1, g², C) is the current/anchor frame; `blocks` the
-        observed clean chunks (dreamzero). Returns normalized-space actions and generated video."""
+        observed clean chunks (dreamzero). Returns normalized-space actions (fp32) and generated
+        video; `evals` counts network calls (effective steps, each loop's steps summed)."""
+        with self._autocast(opts, latents.device.type):
+            out = self._sample(latents, state, prompt, opts, noise_seed, blocks)
+        out["actions"] = out["actions"].float()
+        return out
+
+    def _sample(self, latents, state, prompt, opts: InferOptions, noise_seed, blocks) -> dict:
         v, ch, inf = self.v, self.v.chunk, self.v.inference
         steps = opts.steps or inf.steps
         gen = torch.Generator().manual_seed(noise_seed) if noise_seed is not None else None
@@ -259,7 +323,6 @@ class WorldActionModel(nn.Module):
         cond = self.context(prompt, state)
         use_cfg = inf.cfg_scale != 1.0
         ctxs = [cond, self.context([None] * B, state)] if use_cfg else [cond]
-        cache = DitCache(opts.dit_cache, steps)
         evals = 0
         f0 = latents[:, 0]
         z = lambda shape: torch.randn(shape, generator=gen)  # noqa: E731
@@ -271,10 +334,11 @@ class WorldActionModel(nn.Module):
             nonlocal evals
             x_v, x_a = video_noisy, (z((B, act_pos.shape[0], self.action_size)) if act_lab is not None else None)
             prefixes = [prefix_fn(c) for c in ctxs_]
+            cache = DitCache(opts.dit_cache if video_noisy is not None else None, steps)  # the rule reads video
             last_v = last_a = None
             for i in range(steps):
                 s0, s1 = sig[i].item(), sig[i + 1].item()
-                if last_v is None or last_a is None and x_a is not None or cache.compute(i):
+                if i == 0 or cache.run(i):
                     cur_v = [] if x_v is None else [Tokens(x_v, video_pos, torch.full(x_v.shape[:2], s0))]
                     cur_a = None if x_a is None else Tokens(x_a, act_pos, torch.full(x_a.shape[:2], s0))
                     q_lab = Labels.cat(([video_lab] if x_v is not None else []) + ([act_lab] if x_a is not None else []))
@@ -292,7 +356,7 @@ class WorldActionModel(nn.Module):
                     evals += 1
                     last_v, last_a = pv, pa
                     if x_v is not None:
-                        cache.update(i, pv)
+                        cache.record(pv)
                 x_v = flow.euler(x_v, last_v, s0, s1) if x_v is not None else None
                 x_a = flow.euler(x_a, last_a, s0, s1) if x_a is not None else None
             return x_v, x_a

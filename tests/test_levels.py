@@ -1,0 +1,162 @@
+"""Optimization levels: the exact ones give O0's actions, the lossy ones stay within a bound,
+the DiT cache follows DreamZero's official rule, and n/a levels are refused."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from test_masks import random_model
+
+from harness.config import Registry
+from harness.errors import UserError
+from harness.levels import apply_transforms, infer_options, not_applicable, quantize_int8
+from harness.policy import smooth_actions
+from harness.wam import DitCache, InferOptions
+
+torch.set_num_threads(1)
+REG = Registry()
+EXACT_ATOL = 1e-4  # fp32 reassociation only (batched / split / fused kernels)
+
+
+def _inputs(m):
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(1, 1, m.tokens_per_frame, m.codec.channels, generator=g)
+    blocks = None
+    if m.v.layout == "dreamzero":
+        blocks = [torch.randn(1, m.v.chunk.latent_frames * m.tokens_per_frame, m.codec.channels, generator=g)]
+    return lat, torch.randn(1, 4, generator=g), blocks
+
+
+def _actions(m, opts, steps=4):
+    lat, state, blocks = _inputs(m)
+    opts.steps = steps
+    return m.sample(lat, state, ["pick up the red cube"], opts, noise_seed=7, blocks=blocks)["actions"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {n: random_model(n) for n in ("fastwam", "fastwam-joint", "fastwam-idm", "dreamzero")}
+
+
+@pytest.mark.parametrize("name", ["fastwam", "fastwam-joint", "fastwam-idm", "dreamzero"])
+def test_exact_levels_match_O0(models, name):
+    """O1 (K/V reuse), O2 (batched CFG) and CFG over two worker threads: O0's actions."""
+    m = models[name]
+    o0 = _actions(m, infer_options(REG.opt_level("O0-eager")))
+    for opts in (infer_options(REG.opt_level("O1-kvcache")), infer_options(REG.opt_level("O2-cfg-batch")),
+                 InferOptions(kv_cache=True, cfg_parallel=True)):
+        assert torch.allclose(_actions(m, opts), o0, atol=EXACT_ATOL), (name, opts)
+    assert m.v.inference.cfg_scale != 1.0 or name != "dreamzero"  # dreamzero really exercises CFG
+
+
+def test_int8_and_bf16_within_bound(models):
+    """Low precision changes the actions, but by less than 5% of their spread (normalized units)."""
+    import copy
+    m = models["dreamzero"]
+    o1 = _actions(m, InferOptions())
+    q = copy.deepcopy(m)
+    q.net = quantize_int8(q.net)
+    assert isinstance(q.net.blocks[0].video.qkv, torch.ao.nn.quantized.dynamic.Linear)
+    for model, opts in ((q, InferOptions()), (m, InferOptions(autocast="bf16"))):
+        err = (_actions(model, opts) - o1).abs().max().item()
+        assert 0 < err < 0.05 * o1.std().item() + 1e-3, (opts, err)
+
+
+@pytest.mark.skipif(os.environ.get("WAM_TEST_COMPILE") != "1",
+                    reason="torch.compile takes minutes on a loaded 2-core CPU; WAM_TEST_COMPILE=1 runs it")
+def test_compile_matches_O0(models):
+    import copy
+    m = copy.deepcopy(models["fastwam"])
+    o0 = _actions(m, InferOptions(kv_cache=False))
+    level = REG.opt_level("O4-compile")
+    info = apply_transforms(m, level)
+    assert info["compile_s"] > 0
+    assert torch.allclose(_actions(m, infer_options(level)), o0, atol=EXACT_ATOL)
+
+
+def test_fp8_is_refused_on_cpu(models):
+    import copy
+    import dataclasses
+    level = dataclasses.replace(REG.opt_level("O5-lowp"), precision="fp8", compile=False)
+    with pytest.raises(UserError, match="fp8 needs a CUDA GPU"):
+        apply_transforms(copy.deepcopy(models["fastwam"]), level)
+
+
+def test_levels_declared_per_variant():
+    o2, o3, o6 = (REG.opt_level(n) for n in ("O2-cfg-batch", "O3-dit-cache", "O6-flash"))
+    assert "fastwam declares" in not_applicable(o2, REG.variant("fastwam"))   # no CFG to batch
+    assert not_applicable(o3, REG.variant("dreamzero-flash"))                 # one step: nothing to skip
+    assert not_applicable(o6, REG.variant("dreamzero")) is None               # the Flash control
+    assert not_applicable(o6, REG.variant("dreamzero-flash")) is None
+
+
+# --------------------------------------------------------------------------- DiT cache rule
+
+def _replay(cosines: list[float], steps: int = 16, rule: dict | None = None) -> list[int]:
+    """Steps the cache computes when consecutive computed velocities have the given cosines."""
+    cache = DitCache(rule or {"always": 2, "rules": [[0.95, 4], [0.93, 2]]}, steps)
+    ran, v, k = [], torch.tensor([[1.0, 0.0]]), 0
+    for i in range(steps):
+        if i == 0 or cache.run(i):
+            ran.append(i)
+            if ran[1:]:  # rotate so cos(previous, this) = cosines[k]
+                c = cosines[min(k, len(cosines) - 1)]
+                k += 1
+                s = np.sqrt(max(0.0, 1 - c * c))
+                v = torch.tensor([[v[0, 0] * c - v[0, 1] * s, v[0, 0] * s + v[0, 1] * c]])
+            cache.record(v)
+    return ran
+
+
+def test_dit_cache_high_similarity_skips_four():
+    """16 -> 4 effective steps (the paper's figure): 0, 1, then skip 4, compute one, repeat."""
+    assert _replay([0.99]) == [0, 1, 6, 11]
+
+
+def test_dit_cache_medium_similarity_skips_two():
+    assert _replay([0.94]) == [0, 1, 4, 7, 10, 13]
+
+
+def test_dit_cache_low_similarity_computes_all():
+    assert _replay([0.5]) == list(range(16))
+
+
+def test_dit_cache_mixed_sequence():
+    # cos(v0,v1)=0.94 -> skip 2,3; cos(v1,v4)=0.5 -> compute 5; cos(v4,v5)=0.99 -> skip 6..9; ...
+    assert _replay([0.94, 0.5, 0.99, 0.2, 0.2, 0.2]) == [0, 1, 4, 5, 10, 11, 12, 13, 14, 15]
+
+
+def test_dit_cache_configurable_and_short_loops():
+    assert _replay([0.97], rule={"rules": [[0.99, 3]]}) == list(range(16))   # threshold not met
+    assert _replay([0.999], rule={"rules": [[0.99, 3]]}) == [0, 1, 5, 9, 13]
+    assert _replay([0.99], steps=4) == [0, 1, 2, 3]                           # official: <= 4 steps run all
+    assert _replay([0.99], rule={"always": 3}) == [0, 1, 2, 7, 12]
+
+
+def test_dit_cache_static_schedule():
+    assert _replay([0.0], rule={"schedule": "TTTFFFTFFFTFFTTT"}) == [0, 1, 2, 6, 10, 13, 14, 15]
+    assert _replay([0.0], steps=5, rule={"schedule": [0, 3]}) == [0, 3]
+    with pytest.raises(ValueError, match="step 0 computed"):
+        DitCache({"schedule": "FT"}, 2)
+
+
+def test_dit_cache_effective_steps_in_sample(models):
+    """The model's reported evals are the cache's computed steps, and skipping changes the result."""
+    m = models["dreamzero"]
+    full = _actions(m, InferOptions(), steps=16)
+    sched = InferOptions(dit_cache={"schedule": "TTTFFFTFFFTFFTTT"})
+    lat, state, blocks = _inputs(m)
+    out = m.sample(lat, state, ["pick up the red cube"], sched, noise_seed=7, blocks=blocks)
+    assert out["evals"] == 8
+    assert not torch.allclose(out["actions"], full)
+
+
+# --------------------------------------------------------------------------- smoothing
+
+def test_smoothing_keeps_trends_and_removes_jitter():
+    t = np.arange(16, dtype=np.float32)[:, None]
+    ramp = np.concatenate([0.1 * t, 0.01 * t ** 2], axis=1)
+    assert np.allclose(smooth_actions(ramp), ramp, atol=1e-5)                    # degree <= 2 kept exactly
+    jitter = ramp + np.where(np.arange(16) % 2, 0.2, -0.2)[:, None].astype(np.float32)
+    assert np.abs(smooth_actions(jitter) - ramp).mean() < 0.5 * np.abs(jitter - ramp).mean()
+    assert smooth_actions(ramp[:2]).shape == (2, 2)                               # too short: unchanged
