@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -34,7 +35,7 @@ def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
 class TimeEmbed(nn.Module):
     """Per-token timestep -> (hidden, 6 adaLN vectors). Computed once, shared by all blocks (Wan)."""
 
-    def __init__(self, dim: int, freq_dim: int = 128):
+    def __init__(self, dim: int, freq_dim: int = 256):  # 256: Wan's frequency width, so weights import
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -85,9 +86,12 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- one expert, one layer
 
 class Expert(nn.Module):
-    """One modality's weights in one layer. Its q/k/v live at the shared attention width."""
+    """One modality's weights in one layer, laid out like a Wan block (harness/wan.py maps them).
 
-    def __init__(self, dim: int, attn_dim: int, heads: int, text_dim: int, mlp_ratio: float):
+    Self- and cross-attention both run at the shared attention width `attn_dim` (the video
+    expert's hidden size), so the action expert's width need not divide by the head count."""
+
+    def __init__(self, dim: int, attn_dim: int, heads: int, ctx_dim: int, mlp_ratio: float):
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -95,11 +99,12 @@ class Expert(nn.Module):
         self.q_norm, self.k_norm = RMSNorm(attn_dim), RMSNorm(attn_dim)
         self.out = nn.Linear(attn_dim, dim)
         self.norm_x = nn.LayerNorm(dim, eps=1e-6)
-        self.cross_q = nn.Linear(dim, dim)
-        self.cross_kv = nn.Linear(text_dim, 2 * dim)
-        self.cross_out = nn.Linear(dim, dim)
+        self.cross_q = nn.Linear(dim, attn_dim)
+        self.cross_kv = nn.Linear(ctx_dim, 2 * attn_dim)
+        self.cross_q_norm, self.cross_k_norm = RMSNorm(attn_dim), RMSNorm(attn_dim)
+        self.cross_out = nn.Linear(attn_dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
+        hidden = round(dim * mlp_ratio)  # round: Wan2.2-5B's 14336 = 3072 x 4.666...
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.table = nn.Parameter(torch.randn(6, dim) / dim ** 0.5)  # per-block adaLN offset (Wan)
 
@@ -116,8 +121,9 @@ class Expert(nn.Module):
     def finish(self, x, attn, mod, ctx):
         """Attention residual (gated), cross-attention to text+state, gated MLP residual."""
         x = x + mod[2] * self.out(attn)
-        q = self.cross_q(self.norm_x(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.cross_kv(ctx).chunk(2, dim=-1))
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        k, v = self.cross_kv(ctx).chunk(2, dim=-1)
+        q, k, v = split(self.cross_q_norm(self.cross_q(self.norm_x(x)))), split(self.cross_k_norm(k)), split(v)
         x = x + self.cross_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2))
         h = self.norm2(x) * (1 + mod[4]) + mod[3]
         return x + mod[5] * self.mlp(h)
@@ -126,8 +132,9 @@ class Expert(nn.Module):
 class MoTBlock(nn.Module):
     def __init__(self, spec: BackboneSpec):
         super().__init__()
-        self.video = Expert(spec.video_dim, spec.video_dim, spec.heads, spec.text_dim, spec.mlp_ratio)
-        self.action = Expert(spec.action_dim, spec.video_dim, spec.heads, spec.text_dim, spec.mlp_ratio)
+        # both experts cross-attend to the projected context (video width), as Wan's blocks do
+        self.video = Expert(spec.video_dim, spec.video_dim, spec.heads, spec.video_dim, spec.mlp_ratio)
+        self.action = Expert(spec.action_dim, spec.video_dim, spec.heads, spec.video_dim, spec.mlp_ratio)
 
     def forward(self, xv, xa, mv, ma, angles_v, angles_a, ctx, mask, prefix):
         """One layer. Returns new (xv, xa) and this layer's (k, v) for the current tokens."""
@@ -185,18 +192,29 @@ class Tokens:
     sigma: torch.Tensor
 
 
+def make_text(spec: BackboneSpec) -> nn.Module:
+    """The text encoder named by `spec.text.kind`: `hashed` (learned, tiny) or `t5` (frozen, cached)."""
+    if spec.text.kind == "hashed":
+        return HashedText(spec.text.vocab, spec.text.max_tokens, spec.text_dim)
+    if spec.text.kind == "t5":
+        from harness.text_encoders import T5Text
+        return T5Text(spec.text, spec.text_dim)
+    raise ValueError(f"backbone '{spec.name}': unknown text.kind '{spec.text.kind}' (use 'hashed' or 't5')")
+
+
 class MoTDiT(nn.Module):
     def __init__(self, spec: BackboneSpec, latent_channels: int, action_size: int, state_size: int):
         super().__init__()
         self.spec = spec
-        if spec.video_dim % spec.heads or spec.action_dim % spec.heads:
-            raise ValueError(f"backbone '{spec.name}': video_dim and action_dim must divide by heads")
+        if spec.video_dim % spec.heads:
+            raise ValueError(f"backbone '{spec.name}': video_dim {spec.video_dim} must divide by heads {spec.heads}")
         self.head_dim = spec.video_dim // spec.heads
+        self.grad_checkpointing = False  # recompute each block in backward (large presets); see enable_grad_checkpointing
         self.video_in = nn.Linear(latent_channels, spec.video_dim)
         self.action_in = nn.Linear(action_size, spec.action_dim)
         self.video_time = TimeEmbed(spec.video_dim)
         self.action_time = TimeEmbed(spec.action_dim)
-        self.text = HashedText(spec.text.vocab, spec.text.max_tokens, spec.text_dim)
+        self.text = make_text(spec)
         self.state_in = nn.Linear(state_size, spec.text_dim)
         self.blocks = nn.ModuleList(MoTBlock(spec) for _ in range(spec.layers))
         self.video_out_norm = nn.LayerNorm(spec.video_dim, elementwise_affine=False, eps=1e-6)
@@ -208,10 +226,19 @@ class MoTDiT(nn.Module):
         for lin in (self.video_out, self.action_out):  # start by predicting zero velocity (DiT init)
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+        # Wan's text embedder: text width -> video width, once, shared by every block's cross-attention
+        self.text_proj = nn.Sequential(nn.Linear(spec.text_dim, spec.video_dim), nn.GELU(approximate="tanh"),
+                                       nn.Linear(spec.video_dim, spec.video_dim))
 
     def context(self, text_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Cross-attention context: text tokens plus one proprioceptive-state token."""
-        return torch.cat([self.text(text_ids), self.state_in(state)[:, None]], dim=1)
+        """Cross-attention context: text tokens plus one proprioceptive-state token, projected."""
+        text = self.text(text_ids).to(self.state_in.weight.dtype)
+        return self.text_proj(torch.cat([text, self.state_in(state.to(text.dtype))[:, None]], dim=1))
+
+    def enable_grad_checkpointing(self, on: bool = True) -> "MoTDiT":
+        """Trade compute for memory: keep only block inputs, recompute activations in backward."""
+        self.grad_checkpointing = on
+        return self
 
     @staticmethod
     def _mods(table, proj):
@@ -221,21 +248,28 @@ class MoTDiT(nn.Module):
                 prefix: list | None = None, return_kv: bool = False):
         """Velocities for the current tokens (video then action). `mask` is (N_cur, N_prefix + N_cur)."""
         s = self.spec
+        dev = self.video_in.weight.device  # masks and positions built from numpy arrive on the CPU
+        mask = mask.to(dev)
         xv = xa = mv = ma = av = aa = None
         if video is not None:
             xv = self.video_in(video.x)
             tv, proj = self.video_time(video.sigma)
             mv = [self._mods(b.video.table, proj) for b in self.blocks]
-            av = rope_3d(video.pos, self.head_dim, s.rope_theta)
+            av = rope_3d(video.pos.to(dev), self.head_dim, s.rope_theta)
         if action is not None:
             xa = self.action_in(action.x)
             ta, proj = self.action_time(action.sigma)
             ma = [self._mods(b.action.table, proj) for b in self.blocks]
-            aa = rope_1d(action.pos, self.head_dim, s.rope_theta)
+            aa = rope_1d(action.pos.to(dev), self.head_dim, s.rope_theta)
         kvs = []
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            xv, xa, kv = block(xv, xa, mv[i] if mv else None, ma[i] if ma else None, av, aa, ctx, mask,
-                               prefix[i] if prefix is not None else None)
+            args = (xv, xa, mv[i] if mv else None, ma[i] if ma else None, av, aa, ctx, mask,
+                    prefix[i] if prefix is not None else None)
+            if ckpt:
+                xv, xa, kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                xv, xa, kv = block(*args)
             if return_kv:
                 kvs.append(kv)
         out_v = out_a = None
@@ -286,6 +320,10 @@ class PixelCodec(nn.Module):
 
 
 def make_codec(spec: BackboneSpec) -> nn.Module:
+    """`pixel` (exact, parameter-free) or `wan_vae` (frozen diffusers AutoencoderKLWan, cached)."""
     if spec.codec.kind == "pixel":
         return PixelCodec(spec.codec.image_size, spec.codec.patch)
-    raise NotImplementedError(f"codec '{spec.codec.kind}' is not available in this build (use 'pixel')")
+    if spec.codec.kind == "wan_vae":
+        from harness.codecs import WanVAECodec
+        return WanVAECodec(spec.codec)
+    raise ValueError(f"backbone '{spec.name}': unknown codec.kind '{spec.codec.kind}' (use 'pixel' or 'wan_vae')")
