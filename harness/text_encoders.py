@@ -71,6 +71,7 @@ class T5Text(nn.Module):
 
     # ------------------------------------------------------------------ loading
     def _load(self):
+        """(tokenizer, transformers module); the encoder's weights load later, on a cache miss only."""
         if self._loaded is None:
             if not self.spec.path:
                 raise UserError("t5 text encoder: text.path is not set; point it to a local encoder folder "
@@ -87,10 +88,18 @@ class T5Text(nn.Module):
                 raise UserError(f"t5 text encoder: d_model {cfg.d_model} but the backbone's text_dim is {self.dim}; "
                                 f"set text_dim: {cfg.d_model} in the backbone preset")
             tok = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
-            enc = getattr(transformers, ENCODERS[cfg.model_type]).from_pretrained(str(enc_dir))
-            self.__dict__["_loaded"] = (tok, enc.eval().requires_grad_(False))
+            self.__dict__["_loaded"] = (tok, (transformers, cfg.model_type, enc_dir))
+            self.__dict__["_enc"] = None
             self.fingerprint = fingerprint(enc_dir, tok_dir)
         return self._loaded
+
+    def _encoder(self):
+        """The frozen encoder (umT5-XXL: 5.7B parameters), loaded the first time a prompt misses the cache."""
+        if self.__dict__.get("_enc") is None:
+            transformers, kind, enc_dir = self._load()[1]
+            enc = getattr(transformers, ENCODERS[kind]).from_pretrained(str(enc_dir))
+            self.__dict__["_enc"] = enc.eval().requires_grad_(False)
+        return self._enc
 
     @property
     def pad_id(self) -> int:
@@ -108,13 +117,13 @@ class T5Text(nn.Module):
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        _, enc = self._load()
         pad = self.pad_id
         lengths = (ids != pad).sum(1).tolist()
         keys = [self._key(row[:n]) for row, n in zip(ids, lengths)]
         rows: list[torch.Tensor | None] = [self._lookup(k) for k in keys]
         todo = [i for i, r in enumerate(rows) if r is None]
         if todo:
+            enc = self._encoder()
             sub = ids[todo]
             mask = (sub != pad).long()
             dev = sub.device

@@ -243,3 +243,20 @@ def init_action_from_video(net) -> list[str]:
                                            net.action_out_table.shape))
     done.append("action_out_table")
     return done
+
+
+def apply_init(net, weights: str | Path | None = None, action_init: str = "random") -> dict:
+    """The backbone's starting point, for a fresh training run (never on resume): optionally the
+    Wan video weights (a diffusers folder), then the action expert `random` (as built) or
+    `interpolate` (from the video expert). Returns what was done, for the run's log."""
+    if action_init not in ("random", "interpolate"):
+        raise UserError(f"action_init '{action_init}': use 'random' or 'interpolate'")
+    if action_init == "interpolate" and not weights:
+        raise UserError("action_init 'interpolate' copies a pretrained video expert; set the Wan weights folder too")
+    done: dict = {"weights": None, "action_init": action_init}
+    if weights:
+        import_wan_transformer(net, weights)
+        done["weights"] = str(Path(weights).expanduser().resolve())
+    if action_init == "interpolate":
+        init_action_from_video(net)
+    return done

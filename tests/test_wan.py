@@ -132,6 +132,20 @@ def test_action_expert_interpolated_from_video(wan_dir):
     assert torch.isfinite(out[1]).all()
 
 
+def test_apply_init_options(wan_dir):
+    d, _ = wan_dir
+    net = MoTDiT(toy_spec(), C * 4, 3, 2)
+    before = net.blocks[0].action.qkv.weight.clone()
+    assert wan.apply_init(net, d, "random")["weights"] == str(d.resolve())
+    assert torch.equal(net.blocks[0].action.qkv.weight, before)  # random: the action expert is left as built
+    wan.apply_init(net, d, "interpolate")
+    assert not torch.equal(net.blocks[0].action.qkv.weight, before)
+    with pytest.raises(UserError, match="set the Wan weights folder"):
+        wan.apply_init(net, None, "interpolate")
+    with pytest.raises(UserError, match="use 'random' or 'interpolate'"):
+        wan.apply_init(net, d, "copy")
+
+
 # --------------------------------------------------------------------------- Wan VAE codec
 
 @pytest.fixture(scope="module")
@@ -234,6 +248,7 @@ def test_t5_embeddings_and_disk_cache(tmp_path):
 
     fresh = T5Text(spec, TEXT)  # a new process: everything comes from disk
     assert torch.equal(fresh(ids), out) and fresh.encoder_calls == 0
+    assert fresh.__dict__["_enc"] is None  # all cached: the encoder weights were never loaded
     other = T5Text(TextSpec(kind="t5", max_tokens=8, path=str(save_t5(tmp_path / "other", seed=5)),
                             cache_dir=str(tmp_path / "cache")), TEXT)
     assert not torch.allclose(other(ids)[0], out[0]) and other.encoder_calls == 1  # other weights, other key
