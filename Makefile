@@ -31,7 +31,8 @@ sysdeps:
 $(STAMP): pyproject.toml | sysdeps
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps hf-libero==0.1.4
+	$(BIN)/pip install -q -e '.[dev,libero,scale]'
 	touch $(STAMP)
 
 clean:

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wam-bench", description=__doc__.split("\n")[0])
     parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
                         help="extra folder with variants/, suites/ or YAML files (repeatable)")
+    parser.add_argument("--libero-assets", default=None, metavar="DIR",
+                        help="LIBERO scene assets folder (else $LIBERO_ASSETS, then the package's own locations)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
     args.include_path = pre.include_path
+    if pre.libero_assets:  # read by the LIBERO adapter when it creates an environment
+        import os
+        os.environ["LIBERO_ASSETS"] = str(pre.libero_assets)
     from harness.config import ConfigError
     from harness.errors import UserError
     try:

@@ -353,10 +353,20 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
                     seed=cell.key.seed, opt_level=cell.key.opt_level, status="complete",
                     metrics=summarize(eps), per_task=per_task(eps), config=cfg, config_hash=spec_hash(cfg),
                     checkpoint={"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)} if checkpoint_path else None,
-                    provenance=provenance(), started=started,
+                    provenance={**provenance(), "suite": suite_provenance(spec)}, started=started,
                     finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), extra=extra or {})
     cell.write_result(result)
     return result.to_dict()
+
+
+def suite_provenance(spec: SuiteSpec) -> dict:
+    """Simulator versions and asset checksums the adapter reports (e.g. LIBERO), if it has any."""
+    import importlib
+    from harness.suites.base import ADAPTERS
+    target = ADAPTERS.get(spec.adapter, spec.adapter)
+    module = importlib.import_module(target.split(":")[0])
+    fn = getattr(module, "provenance", None)
+    return fn() if callable(fn) else {}
 
 
 def add_arguments(p):

@@ -22,6 +22,11 @@ def measure(args) -> dict:
     from harness.suites.base import make_env
 
     spec = Registry(getattr(args, "include_path", None) or []).suite(getattr(args, "suite", None) or "tabletop")
+    if spec.adapter == "libero":  # robosuite: compare with its own render-every-step default
+        from harness.suites.libero import sim_speed
+        figs = sim_speed(spec, steps=40 if args.quick else 80, rounds=1 if args.quick else 3,
+                         cadence=int(getattr(args, "frame_stride", None) or 4))
+        return {"figures": figs, "rows": [{"mode": k, "steps_per_s": v} for k, v in figs.items()]}
     stride = int(getattr(args, "frame_stride", None) or 4)
     if stride < 1:
         raise UserError(f"frame_stride must be at least 1, got {stride}")
