@@ -21,7 +21,7 @@ def smooth_actions(actions: np.ndarray, window: int = 5, order: int = 2) -> np.n
     """Upsample x2 (linear), Savitzky-Golay along time, take every other sample back.
 
     Chunk boundaries and sampling noise make jerky actions; the filter keeps low-order trends
-    (a polynomial of degree `order` is reproduced exactly). Chunks too short for the window
+    (a linear trend passes unchanged). Chunks too short for the window
     are returned as they are."""
     from scipy.signal import savgol_filter
     a = np.asarray(actions)

@@ -286,8 +286,19 @@ class WorldActionModel(nn.Module):
         """K/V of a clean context that attends only to itself; None at O0 (recomputed every step)."""
         if not opts.kv_cache:
             return None
+        n = ctx.shape[0] // video.x.shape[0]  # CFG-batched prefill: both contexts in one forward
+        if n > 1:
+            video = Tokens(video.x.repeat(n, 1, 1), video.pos, video.sigma.repeat(n, 1))
         _, _, kv = self._net(video, None, ctx, labels, None, return_kv=True)
         return (kv, labels)
+
+    def _prefills(self, prefix_fn, ctxs: list, opts: InferOptions) -> list:
+        """One prefix per context; with batched CFG both are encoded in one forward, then split."""
+        if not (opts.cfg_batch and opts.kv_cache and len(ctxs) == 2):
+            return [prefix_fn(c) for c in ctxs]
+        kv, labels = prefix_fn(torch.cat(ctxs))
+        b = ctxs[0].shape[0]
+        return [([(k[:b], v[:b]) for k, v in kv], labels), ([(k[b:], v[b:]) for k, v in kv], labels)]
 
     def _worker_net(self, opts: InferOptions, *args):
         """`_net` on another thread: grad mode and autocast are per thread, so set them again."""
@@ -333,7 +344,7 @@ class WorldActionModel(nn.Module):
             """Shared Euler loop over (optional) noisy video + (optional) noisy actions."""
             nonlocal evals
             x_v, x_a = video_noisy, (z((B, act_pos.shape[0], self.action_size)) if act_lab is not None else None)
-            prefixes = [prefix_fn(c) for c in ctxs_]
+            prefixes = self._prefills(prefix_fn, ctxs_, opts)
             cache = DitCache(opts.dit_cache if video_noisy is not None else None, steps)  # the rule reads video
             last_v = last_a = None
             for i in range(steps):
