@@ -176,16 +176,28 @@ def _run_cell(root: str, key: tuple, run_id: str, env: dict, fn: Callable, args:
 
 # ------------------------------------------------------------------ the driver side
 
-def _running(root, cells: list[GridCell], run_id: str) -> int:
+def _running(root, cells: list[GridCell], run_id: str) -> list[str]:
+    """Cells a worker of this run is on, with how far they got (train steps, episodes)."""
     import json
-    n = 0
+    out = []
     for c in cells:
+        cell = Store(root).cell(c.key)
         try:
-            w = json.loads((Store(root).cell(c.key).path / WORKER_FILE).read_text())
+            w = json.loads((cell.path / WORKER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        n += w.get("run_id") == run_id and w.get("state") == "running"
-    return n
+        if w.get("run_id") != run_id or w.get("state") != "running":
+            continue
+        try:
+            if c.key.is_train:
+                losses = cell.losses()
+                where = f"step {losses[-1]['step'] + 1}" if losses else "starting"
+            else:
+                where = f"{len(cell.episodes())} episodes"
+        except Exception:  # noqa: BLE001  (a file being written: the count can wait)
+            where = "running"
+        out.append(f"{c.label} ({where})")
+    return out
 
 
 def run_cells(cells: list[GridCell], root, ro: RayOptions, done_values: dict | None = None,
@@ -258,13 +270,13 @@ def run_cells(cells: list[GridCell], root, ro: RayOptions, done_values: dict | N
                 summary.failed.append((c.label, out["error"]))
                 say(f"[grid {el:5.0f}s] FAILED  {c.label}: {out['error']} (traceback in "
                     f"{c.key.path(root) / ERROR_FILE})")
-        running = _running(root, [by_ref[r] for r in pending], run_id) if pending else 0
+        running = _running(root, [by_ref[r] for r in pending], run_id) if pending else []
         finished = len(summary.done) + len(summary.failed) + len(summary.blocked)
-        line = (f"[grid] {finished}/{len(cells)} finished: {len(summary.done)} done, {running} running, "
-                f"{len(summary.failed)} failed, {len(pending) - running} left")
+        line = (f"[grid] {finished}/{len(cells)} finished: {len(summary.done)} done, {len(running)} running, "
+                f"{len(summary.failed)} failed, {len(pending) - len(running)} left")
         now = time.perf_counter()
         if line != last_line or now - last_t > 30:
-            say(line + f" ({now - t0:.0f} s)")
+            say(line + f" ({now - t0:.0f} s)" + (": " + "; ".join(running) if running else ""))
             last_line, last_t = line, now
     summary.values = {**done_values, **summary.values}
     summary.wall_s = time.perf_counter() - t0
