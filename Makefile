@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | sysdeps
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --no-deps hf-libero==0.1.4
-	$(BIN)/pip install -q -e '.[dev,libero,scale]'
+	$(BIN)/pip install -q -e '.[dev,libero,scale,wan]'
 	touch $(STAMP)
 
 clean:

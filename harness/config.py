@@ -140,6 +140,8 @@ class BackboneSpec:
     codec: CodecSpec = field(default_factory=CodecSpec)
     text: TextSpec = field(default_factory=TextSpec)
     rope_theta: float = 10000.0
+    weights: str | None = None   # diffusers Wan transformer folder to import into the video expert
+    action_init: str = "random"  # random | interpolate (action expert from the video expert's weights)
 
 
 @dataclass
@@ -188,6 +190,9 @@ class TrainSpec:
     checkpoint_every: int = 250
     log_every: int = 10
     seed: int = 0
+    precision: str = "fp32"       # fp32 | bf16 (autocast on CUDA)
+    grad_checkpointing: bool = False
+    device: str = "auto"          # auto (cuda if available) | cpu | cuda[:N]
 
 
 @dataclass

@@ -51,8 +51,16 @@ def make_sampler(rv: ResolvedVariant, data, camera: str):
                          future_frames=ch.chunks * ch.latent_frames, image_size=rv.backbone.codec.image_size)
 
 
-def to_torch(batch: dict) -> dict:
-    return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in batch.items()}
+def to_torch(batch: dict, device: str | torch.device = "cpu") -> dict:
+    return {k: (torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) else v) for k, v in batch.items()}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name}: no CUDA device here; use train.device=cpu or auto")
+    return torch.device(name)
 
 
 def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: str | None = None,
@@ -69,8 +77,16 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
             "dataset": str(Path(dataset).resolve()), "fps": data.fps}
     torch.manual_seed(ts.seed)
     model = checkpoint.build_model(meta)
-    opt = torch.optim.AdamW(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
+    device = pick_device(ts.device)
     last = out / "last.safetensors"
+    if not last.exists() and (rv.backbone.weights or rv.backbone.action_init != "random"):
+        from harness.wan import apply_init  # pretrained video weights, interpolated action expert
+        apply_init(model.net, rv.backbone.weights, rv.backbone.action_init)
+    model.to(device)
+    if ts.grad_checkpointing:
+        model.net.enable_grad_checkpointing(True)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=ts.precision == "bf16" and device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
     start = 0
     if last.exists():
         sd, old_meta, opt_sd = checkpoint.load(last)
@@ -97,11 +113,12 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
         for step in bar:
             rng = np.random.default_rng([ts.seed, step])  # per-step streams: resume is exact
             gen = torch.Generator().manual_seed(ts.seed * 1_000_003 + step)
-            batch = to_torch(sampler.sample(rng, bs))
+            batch = to_torch(sampler.sample(rng, bs), device)
             lr = lr_at(step, total, ts.lr, ts.warmup_frac)
             for g in opt.param_groups:
                 g["lr"] = lr
-            losses = model.loss(batch, gen)
+            with autocast:
+                losses = model.loss(batch, gen)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise UserError(f"training {rv.variant.name} diverged: loss is {loss.item()} at step {step}; "
