@@ -17,7 +17,7 @@ from harness.suites.base import Observation
 from harness.wam import InferOptions
 
 
-def smooth_actions(actions: np.ndarray, window: int = 5, order: int = 2) -> np.ndarray:
+def smooth_actions(actions: np.ndarray, window: int = 7, order: int = 2) -> np.ndarray:
     """Upsample x2 (linear), Savitzky-Golay along time, take every other sample back.
 
     Chunk boundaries and sampling noise make jerky actions; the filter keeps low-order trends
