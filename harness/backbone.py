@@ -232,7 +232,7 @@ class MoTDiT(nn.Module):
 
     def context(self, text_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Cross-attention context: text tokens plus one proprioceptive-state token, projected."""
-        text = self.text(text_ids).to(self.state_in.weight.dtype)
+        text = self.text(text_ids).to(self.text.pos.dtype)  # a plain parameter: survives int8 quantization of Linears
         return self.text_proj(torch.cat([text, self.state_in(state.to(text.dtype))[:, None]], dim=1))
 
     def enable_grad_checkpointing(self, on: bool = True) -> "MoTDiT":

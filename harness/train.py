@@ -112,7 +112,7 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
     try:
         for step in bar:
             rng = np.random.default_rng([ts.seed, step])  # per-step streams: resume is exact
-            gen = torch.Generator().manual_seed(ts.seed * 1_000_003 + step)
+            gen = torch.Generator(device).manual_seed(ts.seed * 1_000_003 + step)
             batch = to_torch(sampler.sample(rng, bs), device)
             lr = lr_at(step, total, ts.lr, ts.warmup_frac)
             for g in opt.param_groups:

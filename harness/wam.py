@@ -160,7 +160,14 @@ class WorldActionModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        """Flow-matching losses for one batch from `WindowSampler` (tensors), per the variant."""
+        """Flow-matching losses for one batch from `WindowSampler` (tensors), per the variant.
+        Tensors made here land on the batch's device (the generator must live there too)."""
+        with torch.device(batch["actions"].device):
+            return self._loss(batch, generator)
+
+    forward = loss  # so DDP/FSDP wrappers see the training computation
+
+    def _loss(self, batch: dict, generator: torch.Generator | None = None) -> dict:
         v, ch = self.v, self.v.chunk
         frames = batch["frames"]
         B = frames.shape[0]
@@ -319,7 +326,7 @@ class WorldActionModel(nn.Module):
         """One inference call. `latents` (B, 1, g², C) is the current/anchor frame; `blocks` the
         observed clean chunks (dreamzero). Returns normalized-space actions (fp32) and generated
         video; `evals` counts network calls (effective steps, each loop's steps summed)."""
-        with self._autocast(opts, latents.device.type):
+        with self._autocast(opts, latents.device.type), torch.device(latents.device):
             out = self._sample(latents, state, prompt, opts, noise_seed, blocks)
         out["actions"] = out["actions"].float()
         return out
@@ -327,7 +334,7 @@ class WorldActionModel(nn.Module):
     def _sample(self, latents, state, prompt, opts: InferOptions, noise_seed, blocks) -> dict:
         v, ch, inf = self.v, self.v.chunk, self.v.inference
         steps = opts.steps or inf.steps
-        gen = torch.Generator().manual_seed(noise_seed) if noise_seed is not None else None
+        gen = torch.Generator(latents.device).manual_seed(noise_seed) if noise_seed is not None else None
         B, g = latents.shape[0], self.tokens_per_frame
         H = ch.actions
         sig = flow.sigma_grid(steps, inf.shift)
