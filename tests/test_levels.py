@@ -1,6 +1,5 @@
 """Optimization levels: the exact ones give O0's actions, the lossy ones stay within a bound,
 the DiT cache follows DreamZero's official rule, and n/a levels are refused."""
-import os
 
 import numpy as np
 import pytest
@@ -62,8 +61,7 @@ def test_int8_and_bf16_within_bound(models):
         assert 0 < err < 0.05 * o1.std().item() + 1e-3, (opts, err)
 
 
-@pytest.mark.skipif(os.environ.get("WAM_TEST_COMPILE") != "1",
-                    reason="torch.compile takes minutes on a loaded 2-core CPU; WAM_TEST_COMPILE=1 runs it")
+@pytest.mark.slow  # torch.compile takes minutes on a 2-core CPU: `make test-slow` runs it
 def test_compile_matches_O0(models):
     import copy
     m = copy.deepcopy(models["fastwam"])
