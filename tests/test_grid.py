@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def ray_session():
     started = not ray.is_initialized()
     if started:
+        os.environ.setdefault("RAY_worker_niceness", "0")  # as harness.grid.connect does
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     if started:
@@ -65,7 +66,7 @@ def test_grid_completes_and_rerun_does_no_work(grid_env):
         eps = store.cell(k).episodes()
         assert len(eps) == 4 and len({e["episode_id"] for e in eps}) == 4  # 4 tasks x 1 episode
         w = json.loads((store.cell(k).path / WORKER_FILE).read_text())
-        assert w["state"] == "done" and w["torch_threads"] == 1
+        assert w["state"] == "done" and w["torch_threads"] == 1 and w["nice"] == 0
     assert store.cell(keys[3]).result()["extra"]["n/a"]  # O6-flash does not apply to fastwam: no worker
     assert len(out["summary"].done) == 5
 

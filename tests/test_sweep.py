@@ -35,6 +35,7 @@ params:
 def ray_session():
     started = not ray.is_initialized()
     if started:
+        os.environ.setdefault("RAY_worker_niceness", "0")  # as harness.grid.connect does
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     if started:
