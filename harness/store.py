@@ -314,6 +314,9 @@ def na_reason(result: dict | None) -> str | None:
     return None
 
 
+RESERVED = {"baselines"}
+
+
 class Store:
     """The results tree under `root`; cells are found by walking the folders, not by an index file."""
 
@@ -326,8 +329,8 @@ class Store:
     def experiments(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and _NAME.match(p.name))
+        return sorted(p.name for p in self.root.iterdir()  # baselines/ holds nightly references, not cells
+                      if p.is_dir() and not p.name.startswith(".") and _NAME.match(p.name) and p.name not in RESERVED)
 
     def cells(self, experiment: str | None = None) -> list[Cell]:
         """Every cell folder found (sorted by key), for one experiment or all of them."""
