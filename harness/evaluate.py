@@ -360,13 +360,14 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
 
 
 def suite_provenance(spec: SuiteSpec) -> dict:
-    """Simulator versions and asset checksums the adapter reports (e.g. LIBERO), if it has any."""
+    """Simulator versions and asset checksums the adapter module reports through a module-level
+    `provenance(spec)` (e.g. LIBERO), if it has one."""
     import importlib
     from harness.suites.base import ADAPTERS
     target = ADAPTERS.get(spec.adapter, spec.adapter)
     module = importlib.import_module(target.split(":")[0])
     fn = getattr(module, "provenance", None)
-    return fn() if callable(fn) else {}
+    return fn(spec) if callable(fn) else {}
 
 
 def add_arguments(p):

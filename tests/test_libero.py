@@ -325,3 +325,21 @@ def test_demos_for_two_object_tasks(tmp_path):
         assert ep.task == spec.tasks[i].instruction and ep.images["agentview"].shape[1:] == (64, 64, 3)
         assert ep.action[:, 6].max() == 1.0 and ep.action[:, 6].min() == -1.0  # grasped and released
         assert np.abs(ep.state[-1, :3] - ep.state[0, :3]).max() > 0.05  # the arm moved
+    # ...then a short `tiny` training and a closed-loop evaluation on the same two tasks, into the store
+    from harness.config import ResolvedVariant, override, resolve_variant
+    from harness.evaluate import evaluate_cell
+    from harness.policy import load_policy
+    from harness.store import CellKey, Store
+    from harness.train import train
+    rv = resolve_variant("fastwam")
+    rv = ResolvedVariant(override(rv.variant, {"train.steps": 5, "train.batch_size": 4}), rv.backbone)
+    ckpt = train(rv, out, tmp_path / "train", progress=False).checkpoint
+    spec = dataclasses.replace(spec, max_steps=40)  # an untrained policy would use every step of 280
+    cell = Store(tmp_path / "results").cell(CellKey("libero", "fastwam", spec.name, 0, "O1-kvcache"))
+    res = evaluate_cell(cell, spec, load_policy(ckpt), checkpoint_path=ckpt, episodes_per_task=1, workers=1,
+                        progress=False)
+    m = res["metrics"]
+    assert res["status"] == "complete" and m["n_episodes"] == 2 and m["n_errors"] == 0, cell.episodes()
+    assert all(e["steps"] > 0 and e["latency_ms"] for e in cell.episodes())
+    prov = res["provenance"]["suite"]
+    assert prov["robosuite"] and prov["mujoco"] and prov["assets_sha256"]

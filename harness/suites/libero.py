@@ -98,8 +98,11 @@ def assets_checksum(path: Path) -> str:
     return _state[key]
 
 
-def provenance(assets: str | os.PathLike | None = None) -> dict:
-    """Everything outside the harness that moves a LIBERO score: record it in every result."""
+def provenance(assets: "str | os.PathLike | SuiteSpec | None" = None) -> dict:
+    """Everything outside the harness that moves a LIBERO score: record it in every result.
+    Takes an assets folder or a suite spec (whose `options.assets` names one)."""
+    if isinstance(assets, SuiteSpec):
+        assets = assets.options.get("assets")
     path = setup(assets)
 
     def ver(dist):
