@@ -232,7 +232,9 @@ class MoTDiT(nn.Module):
 
     def context(self, text_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Cross-attention context: text tokens plus one proprioceptive-state token, projected."""
-        text = self.text(text_ids).to(self.text.pos.dtype)  # a plain parameter: survives int8 quantization of Linears
+        # the projection's dtype (bf16 models); int8-quantized Linears expose no float parameter: fp32
+        dtype = next((p.dtype for p in self.text_proj.parameters() if p.is_floating_point()), torch.float32)
+        text = self.text(text_ids).to(dtype)
         return self.text_proj(torch.cat([text, self.state_in(state.to(text.dtype))[:, None]], dim=1))
 
     def enable_grad_checkpointing(self, on: bool = True) -> "MoTDiT":
