@@ -43,17 +43,22 @@ def find_vae_dir(path: str | Path) -> Path:
                     f"set codec.path to a local copy of e.g. Wan-AI/Wan2.2-TI2V-5B-Diffusers")
 
 
-def _fingerprint(d: Path) -> str:
-    """Identity of a VAE folder: its config plus size and a sample of each weight file's bytes
-    (cheap on a multi-GB file; different weights give different samples)."""
-    h = hashlib.sha256((d / "config.json").read_bytes())
-    for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
+def hash_weight_files(h, folder: Path) -> None:
+    """Add each weight file's name, size and first/last MiB to hash `h`: a cheap identity for
+    multi-GB checkpoints (different weights give different samples)."""
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         size = f.stat().st_size
         h.update(f"{f.name}:{size}".encode())
         with f.open("rb") as fh:
             h.update(fh.read(1 << 20))
             fh.seek(max(0, size - (1 << 20)))
             h.update(fh.read(1 << 20))
+
+
+def _fingerprint(d: Path) -> str:
+    """Identity of a VAE folder: its config plus a sample of its weights."""
+    h = hashlib.sha256((d / "config.json").read_bytes())
+    hash_weight_files(h, d)
     return h.hexdigest()[:16]
 
 

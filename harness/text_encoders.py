@@ -48,13 +48,8 @@ def fingerprint(enc: Path, tok: Path) -> str:
     for f in [enc / "config.json"] + sorted(x for x in tok.iterdir() if x.is_file() and x.suffix in (".json", ".model", ".txt")):
         h.update(f.name.encode())
         h.update(f.read_bytes())
-    for f in sorted(enc.glob("*.safetensors")) + sorted(enc.glob("*.bin")):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            h.update(fh.read(1 << 20))
+    from harness.codecs import hash_weight_files
+    hash_weight_files(h, enc)
     return h.hexdigest()[:16]
 
 

@@ -53,3 +53,16 @@ def write_toy_dataset(root, episodes=3, T=30, size=32, seed=0, nan=False):
 @pytest.fixture(scope="session")
 def toy_dataset(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp("toy") / "ds")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray per test module (2 CPUs, no dashboard), as `harness.grid.connect` starts it."""
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    if started:
+        ray.shutdown()

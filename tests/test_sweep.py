@@ -31,15 +31,6 @@ params:
 """
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    started = not ray.is_initialized()
-    if started:
-        os.environ.setdefault("RAY_worker_niceness", "0")  # as harness.grid.connect does
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
 
 
 def test_space_errors_are_one_line(tmp_path):
