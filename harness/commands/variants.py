@@ -12,15 +12,6 @@ def add_arguments(p):
     p.add_argument("--backbone", default=None, help="resolve with another backbone preset")
 
 
-def _param_count(rv) -> int:
-    """Parameters of the variant's model, built on the meta device (no memory used)."""
-    import torch
-    from harness.wam import WorldActionModel
-    with torch.device("meta"):
-        m = WorldActionModel(rv, 7, 8)
-    return sum(p.numel() for p in m.parameters())
-
-
 def main(args) -> int:
     reg = Registry(args.include_path)
     if args.action == "list":
@@ -36,12 +27,12 @@ def main(args) -> int:
     rv = resolve_variant(args.name, reg, args.backbone)
     print(yaml.safe_dump({"variant": to_dict(rv.variant), "backbone": to_dict(rv.backbone)}, sort_keys=False).rstrip())
     print(f"config_hash: {rv.hash}")
-    print(f"parameters: {_param_count(rv):,}")
+    import torch
     from harness.masks import render
     from harness.wam import WorldActionModel
-    import torch
-    with torch.device("meta"):
+    with torch.device("meta"):  # no memory used, even for wan22-5b
         m = WorldActionModel(rv, 7, 8)
+    print(f"parameters: {sum(p.numel() for p in m.parameters()):,}")
     labels = _training_labels(m)
     print("mask (training sequence; rows attend to columns):")
     print(render(m.mask(labels, labels), labels, labels))
