@@ -406,14 +406,25 @@ class LeRobotData:
         """Decode episode `i` (position in episode order) fully into memory."""
         if not 0 <= i < self.num_episodes:
             raise IndexError(f"episode {i} out of range (dataset has {self.num_episodes})")
-        meta = self._episodes[i]
+        return self._episode(self._episodes[i], _Readers(self))
+
+    def episodes(self) -> Iterator[Episode]:
+        """Every episode in order. v3 packs many episodes per file, so one pass keeps each data
+        file's table and each video's decoder open across episodes (reading a 1000-episode set
+        with `episode(i)` would re-scan the parquet and re-seek the video 1000 times)."""
+        readers = _Readers(self)
+        try:
+            for meta in self._episodes:
+                yield self._episode(meta, readers)
+        finally:
+            readers.close()
+
+    def _episode(self, meta: dict, readers: "_Readers") -> Episode:
         ep_index = meta["episode_index"]
         path = self.root / self.info["data_path"].format(
             chunk_index=meta["data/chunk_index"], file_index=meta["data/file_index"])
         image_cols = [k for k in self._cameras if self.info["features"][k]["dtype"] == "image"]
-        table = pq.read_table(path, columns=[STATE, ACTION, "frame_index", "task_index", *image_cols],
-                              filters=[("episode_index", "=", ep_index)])
-        table = table.sort_by("frame_index")
+        table = readers.rows(path, [STATE, ACTION, "frame_index", "task_index", *image_cols], ep_index)
         T = table.num_rows
         state = _fixed_list(table[STATE], T)
         action = _fixed_list(table[ACTION], T)
@@ -422,41 +433,95 @@ class LeRobotData:
             if key in image_cols:
                 images[name] = np.stack([_decode_image(cell) for cell in table[key].to_pylist()])
             else:
-                images[name] = self._decode_video(key, meta, T)
+                images[name] = self._decode_video(key, meta, T, readers)
         task = self._task_by_index[table["task_index"][0].as_py()] if T else meta["tasks"][0]
         extra = json.loads(meta[EXTRA_COLUMN]) if meta.get(EXTRA_COLUMN) else {}
         return Episode(task=task, state=state, action=action, images=images, extra=extra)
 
-    def episodes(self) -> Iterator[Episode]:
-        for i in range(self.num_episodes):
-            yield self.episode(i)
-
-    def _decode_video(self, key: str, meta: dict, T: int) -> np.ndarray:
+    def _decode_video(self, key: str, meta: dict, T: int, readers: "_Readers") -> np.ndarray:
         """Frames of one episode from a (possibly multi-episode) mp4, picked by timestamp."""
-        import av
         path = self.root / self.info["video_path"].format(
             video_key=key, chunk_index=meta[f"videos/{key}/chunk_index"],
             file_index=meta[f"videos/{key}/file_index"])
-        start = meta[f"videos/{key}/from_timestamp"]
-        want = start + np.arange(T) / self.fps
-        frames: list[np.ndarray | None] = [None] * T
-        half = 0.5 / self.fps
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            if start > 0:
-                container.seek(int(start / stream.time_base), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                t = float(frame.pts * stream.time_base)
-                if t > want[-1] + half:
-                    break
-                k = int(round((t - start) * self.fps))
-                if 0 <= k < T and abs(t - want[k]) < half:
-                    frames[k] = frame.to_ndarray(format="rgb24")
+        frames = readers.video(path).read(meta[f"videos/{key}/from_timestamp"], T)
         missing = [k for k, f in enumerate(frames) if f is None]
         if missing:
             raise UserError(f"dataset {self.root}: video {path.name} of {key} lacks frames "
                             f"{missing[:5]} of episode {meta['episode_index']}; the file is damaged")
         return np.stack(frames)
+
+
+class _Readers:
+    """The open files of one pass over a dataset: the current data file's table (sorted by episode
+    and frame) and one sequential decoder per video file."""
+
+    def __init__(self, data: LeRobotData):
+        self.fps = data.fps
+        self._table: tuple | None = None   # (path, columns, table, episode_index array)
+        self._videos: dict[Path, _VideoReader] = {}
+
+    def rows(self, path: Path, columns: list[str], ep_index: int) -> pa.Table:
+        if self._table is None or self._table[:2] != (path, columns):
+            t = pq.read_table(path, columns=["episode_index", *columns])
+            t = t.sort_by([("episode_index", "ascending"), ("frame_index", "ascending")])
+            self._table = (path, columns, t, t["episode_index"].to_numpy())
+        _, _, t, eps = self._table
+        lo, hi = np.searchsorted(eps, ep_index, "left"), np.searchsorted(eps, ep_index, "right")
+        return t.slice(lo, hi - lo)
+
+    def video(self, path: Path) -> "_VideoReader":
+        if path not in self._videos:
+            self._videos[path] = _VideoReader(path, self.fps)
+        return self._videos[path]
+
+    def close(self) -> None:
+        for v in self._videos.values():
+            v.close()
+        self._videos.clear()
+
+
+class _VideoReader:
+    """Decodes one mp4 forward; a request before the current position re-opens and seeks."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.half = path, fps, 0.5 / fps
+        self.container = None
+
+    def _open(self, start: float) -> None:
+        import av
+        self.close()
+        self.container = av.open(str(self.path))
+        self.stream = self.container.streams.video[0]
+        if start > 0:
+            self.container.seek(int(start / self.stream.time_base), stream=self.stream, backward=True)
+        self._frames = self.container.decode(self.stream)
+        self._next = None   # a decoded frame not yet consumed (the first of the next episode)
+        self._t = -1.0      # timestamp of the last frame consumed
+
+    def read(self, start: float, T: int) -> list:
+        want_last = start + (T - 1) / self.fps
+        if self.container is None or start < self._t + self.half / 2:
+            self._open(start)
+        frames: list[np.ndarray | None] = [None] * T
+        while True:
+            frame = self._next if self._next is not None else next(self._frames, None)
+            self._next = None
+            if frame is None:
+                break
+            t = float(frame.pts * self.stream.time_base)
+            if t > want_last + self.half:
+                self._next = frame
+                break
+            self._t = t
+            k = int(round((t - start) * self.fps))
+            if 0 <= k < T and abs(t - (start + k / self.fps)) < self.half:
+                frames[k] = frame.to_ndarray(format="rgb24")
+        return frames
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
 
 
 def _fixed_list(col: pa.ChunkedArray, T: int) -> np.ndarray:
