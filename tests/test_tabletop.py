@@ -45,8 +45,10 @@ def test_scene_renders_and_changes_when_an_object_moves(spec):
         assert obs.state.shape == (4,) and obs.instruction == spec.tasks[0].instruction
 
 
-@pytest.mark.parametrize("task", range(4))
-def test_expert_succeeds_on_eval_inits(spec, task):
+@pytest.mark.parametrize("suite,task", [("tabletop", t) for t in range(4)]
+                         + [(s, t) for s in ("tabletop-shuffled", "tabletop-free") for t in (1, 2)])
+def test_expert_succeeds_on_eval_inits(suite, task):
+    spec = Registry().suite(suite)
     with make_env(spec, task) as env:
         wins = 0
         for i in range(spec.init_states):
@@ -65,6 +67,23 @@ def test_progress_climbs_through_the_stages_to_one(spec, task):
         assert prog[0] == 0.0 and prog[-1] == 1.0 and env.success()
         assert {0.25, 0.5, 0.75} <= set(prog)  # every stage of the rubric is visited
         assert all(b >= a for a, b in zip(prog, prog[1:]))  # the expert never loses credit
+
+
+def test_layouts_fixed_keeps_slots_shuffled_permutes_them():
+    fixed = [tabletop.demo_init(s, "fixed") for s in range(40)]
+    shuffled = [tabletop.demo_init(s, "shuffled") for s in range(40)]
+    slot = lambda xy, slots: int(np.argmin(np.linalg.norm(slots - np.asarray(xy[:2]), axis=1)))  # noqa: E731
+    for init in fixed:  # every colour in its own slot, within the jitter
+        for i, c in enumerate(tabletop.CUBES):
+            assert slot(init["cubes"][c], tabletop.CUBE_SLOTS) == i
+            assert np.abs(np.asarray(init["cubes"][c][:2]) - tabletop.CUBE_SLOTS[i]).max() <= tabletop.SLOT_JITTER
+        assert [slot(init["pads"][p], tabletop.PAD_SLOTS) for p in tabletop.PADS] == [0, 1]
+    arrangements = {tuple(slot(i["cubes"][c], tabletop.CUBE_SLOTS) for c in tabletop.CUBES) for i in shuffled}
+    assert len(arrangements) == 6  # all 3! arrangements appear in 40 draws
+    free = tabletop.demo_init(0, "free")
+    assert free != tabletop.demo_init(0, "fixed")
+    with pytest.raises(ConfigError, match="layout"):
+        tabletop.sample_init(np.random.default_rng(0), "grid")
 
 
 def test_same_seed_same_episode_and_demo_inits_differ_from_eval(spec):
