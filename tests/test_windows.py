@@ -97,3 +97,20 @@ def test_bad_arguments(data):
     ws = WindowSampler(data, camera="front", actions=2, frame_stride=1, future_frames=1)
     with pytest.raises(IndexError):
         ws.get([len(ws)])
+
+
+def test_decoded_arrays_are_cached_and_a_damaged_cache_is_rebuilt(tmp_path):
+    root = write_dataset(tmp_path / "c", coded_episodes(), fps=10, video=True)
+    kw = dict(camera="front", actions=4, frame_stride=2, future_frames=1, image_size=8)
+    first = WindowSampler(open_dataset(root), **kw)
+    cached = list((root / "cache").glob("windows-front-8-*.npz"))
+    assert len(cached) == 1
+    again = WindowSampler(open_dataset(root), **kw)  # from the cache
+    idx = np.arange(len(first))
+    for k, v in first.get(idx).items():
+        assert np.array_equal(v, again.get(idx)[k]), k
+    assert again.tasks == first.tasks
+    cached[0].write_bytes(b"not a zip")  # damaged: decoded again, and rewritten
+    rebuilt = WindowSampler(open_dataset(root), **kw)
+    assert np.array_equal(rebuilt.frames, first.frames)
+    assert np.load(cached[0])["frames"].shape == first.frames.shape

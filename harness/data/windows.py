@@ -1,9 +1,17 @@
 """Training windows: the same (frame, future frames, action chunk, state) slices for every variant.
 
 Everything is decoded once into flat arrays; a window is a gather with indices clamped to the
-episode's last step, so `sample()` is a handful of numpy fancy-indexing calls per batch.
+episode's last step, so `sample()` is a handful of numpy fancy-indexing calls per batch. The
+decoded arrays are cached in `<dataset>/cache/` (keyed by the dataset's metadata, camera and
+size), so the six training processes of `make run` decode the videos once, not six times.
 """
 from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
@@ -34,27 +42,16 @@ class WindowSampler:
             raise UserError(f"window: need actions >= 1, frame_stride >= 1, future_frames >= 0; "
                             f"got {actions}, {frame_stride}, {future_frames}")
         self.actions, self.frame_stride, self.future_frames = actions, frame_stride, future_frames
-        frames, acts, states, last, task_ids = [], [], [], [], []
-        self.tasks: list[str] = []
-        start = 0
-        for ep in data.episodes():
-            T = len(ep)
-            img = ep.images[camera]
-            frames.append(resize_frames(img, image_size) if image_size else img)
-            acts.append(ep.action)
-            states.append(ep.state)
-            last.append(np.full(T, start + T - 1, np.int64))
-            if ep.task not in self.tasks:
-                self.tasks.append(ep.task)
-            task_ids.append(np.full(T, self.tasks.index(ep.task), np.int64))
-            start += T
-        if start == 0:
+        arrays = _load_cached(data, camera, image_size)
+        if arrays is None:
+            arrays = _decode(data, camera, image_size)
+            _store_cached(data, camera, image_size, arrays)
+        self.frames, self.action, self.state = arrays["frames"], arrays["action"], arrays["state"]
+        self.last = arrays["last"]                 # flat index of each frame's episode end
+        self.task_id = arrays["task_id"]
+        self.tasks: list[str] = [str(t) for t in arrays["tasks"]]
+        if len(self.last) == 0:
             raise UserError(f"dataset {data.root}: has no frames to train on")
-        self.frames = np.concatenate(frames)
-        self.action = np.concatenate(acts).astype(np.float32, copy=False)
-        self.state = np.concatenate(states).astype(np.float32, copy=False)
-        self.last = np.concatenate(last)          # flat index of each frame's episode end
-        self.task_id = np.concatenate(task_ids)
         self._frame_offsets = np.arange(1 + future_frames) * frame_stride
         self._action_offsets = np.arange(actions)
 
@@ -80,3 +77,56 @@ class WindowSampler:
             "state": self.state[idx],
             "task": [self.tasks[t] for t in self.task_id[idx]],
         }
+
+
+def _decode(data: LeRobotData, camera: str, image_size: int | None) -> dict:
+    frames, acts, states, last, task_ids, tasks = [], [], [], [], [], []
+    start = 0
+    for ep in data.episodes():
+        T = len(ep)
+        img = ep.images[camera]
+        frames.append(resize_frames(img, image_size) if image_size else img)
+        acts.append(ep.action)
+        states.append(ep.state)
+        last.append(np.full(T, start + T - 1, np.int64))
+        if ep.task not in tasks:
+            tasks.append(ep.task)
+        task_ids.append(np.full(T, tasks.index(ep.task), np.int64))
+        start += T
+    cat = lambda xs, dtype=None: np.concatenate(xs).astype(dtype or xs[0].dtype, copy=False) if xs else np.zeros(0)  # noqa: E731
+    return {"frames": cat(frames), "action": cat(acts, np.float32), "state": cat(states, np.float32),
+            "last": cat(last), "task_id": cat(task_ids), "tasks": np.array(tasks, dtype=str)}
+
+
+def _cache_path(data: LeRobotData, camera: str, image_size: int | None) -> Path:
+    """Named by a hash of the metadata files: a rewritten dataset gets a new cache file."""
+    h = hashlib.sha256()
+    meta = data.root / "meta"
+    for f in [meta / "info.json", meta / "stats.json", *sorted((meta / "episodes").glob("*/*.parquet"))]:
+        if f.is_file():
+            h.update(f.read_bytes())
+    return data.root / "cache" / f"windows-{camera}-{image_size or 'native'}-{h.hexdigest()[:16]}.npz"
+
+
+def _load_cached(data: LeRobotData, camera: str, image_size: int | None) -> dict | None:
+    path = _cache_path(data, camera, image_size)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent or damaged: decode again
+        return None
+
+
+def _store_cached(data: LeRobotData, camera: str, image_size: int | None, arrays: dict) -> None:
+    """Atomic (temp file + rename), so concurrent trainers never read half a file; a read-only
+    dataset folder simply goes uncached."""
+    path = _cache_path(data, camera, image_size)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError:
+        pass
