@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 import traceback
 from collections import deque
@@ -332,6 +333,10 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
     from harness.store import Result
     from harness.config import spec_hash
 
+    source = cell_source(spec, checkpoint_path, policy if isinstance(policy, str) else None, execution, noise_seed)
+    if cell.claim(source):
+        print(f"{cell.path}: its episodes came from another checkpoint or suite version; evaluating again",
+              file=sys.stderr)
     if cell.is_complete():
         return cell.result()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -357,6 +362,16 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
                     finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), extra=extra or {})
     cell.write_result(result)
     return result.to_dict()
+
+
+def cell_source(spec: SuiteSpec, checkpoint_path=None, policy: str | None = None, execution: str = "sync",
+                noise_seed: int | None = 0) -> dict:
+    """What an eval cell's episodes depend on; a cell whose records came from another source is
+    re-evaluated (`Cell.claim`), so a retrained checkpoint never inherits old episodes."""
+    from harness.checkpoint import file_sha256
+    from harness.config import spec_hash
+    return {"suite_hash": spec_hash(spec), "checkpoint_sha256": file_sha256(checkpoint_path) if checkpoint_path else None,
+            "policy": policy, "execution": execution, "noise_seed": noise_seed}
 
 
 def suite_provenance(spec: SuiteSpec) -> dict:

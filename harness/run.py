@@ -26,7 +26,7 @@ class GridOptions:
     suites: tuple = ("tabletop",)
     seeds: tuple = (0,)
     levels: tuple = ("O1-kvcache",)
-    demos: int = 200
+    demos: int = 500
     steps: int | None = None
     episodes: int | None = None
     workers: int = 1                  # environment processes per eval cell (and demo processes)
@@ -107,8 +107,19 @@ def absolute(o: GridOptions) -> GridOptions:
     return replace(o, root=str(Path(o.root).resolve()), include_path=tuple(str(Path(p).resolve()) for p in o.include_path))
 
 
+def train_cost(o: GridOptions, variant: str, seed: int) -> float:
+    """A training's relative cost (frames per sample, plus its actions at a frame per 8): the
+    trainings are queued longest first, so the last to start on a small machine is a short one."""
+    v = resolved(o, variant, seed).variant
+    ch = v.chunk
+    fut = ch.chunks * ch.latent_frames
+    frames = {"dreamzero": 1 + 2 * fut, "idm": 2 * (1 + fut)}.get(v.layout, 1 + (0 if v.drop_future else fut))
+    return frames + ch.chunks * ch.actions / 8
+
+
 def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
     """-> (cells to run, {key: value} of cells already complete, every expected key)."""
+    from harness.evaluate import cell_source
     from harness.grid import GridCell
     from harness.levels import not_applicable
     from harness.store import CellKey, Result, Store
@@ -125,7 +136,7 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                     done[tk] = ckpt
                 else:
                     cells.append(GridCell(tk, train_cell, (o, v, s, seed, datasets[s]), label=f"train {v}/{s}/seed{seed}"))
-                spec = resolved(o, v, seed).variant
+                spec, suite_spec = resolved(o, v, seed).variant, reg.suite(s)
                 for lvl in o.levels:
                     key = CellKey(o.experiment, v, s, seed, lvl)
                     expected.append(key)
@@ -135,7 +146,7 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                         if not cell.is_complete():
                             cell.write_result(Result(o.experiment, v, s, seed, lvl, status="complete", extra={"n/a": why}))
                         done[key] = None
-                    elif cell.is_complete():
+                    elif ckpt and cell.is_complete() and cell.source() == cell_source(suite_spec, ckpt):
                         done[key] = cell.result()["metrics"]
                     else:
                         cells.append(GridCell(key, eval_cell, (o, v, s, seed, lvl), deps=(tk,),
@@ -146,8 +157,9 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                 for seed in o.seeds:
                     key = CellKey(o.experiment, ref, s, seed, "reference")
                     expected.append(key)
-                    if store.cell(key).is_complete():
-                        done[key] = store.cell(key).result()["metrics"]
+                    cell = store.cell(key)
+                    if cell.is_complete() and cell.source() == cell_source(reg.suite(s), policy=ref):
+                        done[key] = cell.result()["metrics"]
                     else:
                         cells.append(GridCell(key, reference_cell, (o, ref, s, seed), label=f"eval {ref}/{s}/seed{seed}"))
     return cells, done, expected
@@ -174,10 +186,13 @@ def run_grid(o: GridOptions, ro=None) -> dict:
     for name, spec in suites.items():
         if name not in datasets:
             print(f"[demos] {name}: {o.demos} expert episodes", flush=True)
-            datasets[name] = str(make_demos(spec, o.demos, seed=0, workers=o.workers).resolve())
+            # nothing else runs yet, so every core makes demos (the dataset does not depend on it)
+            workers = max(o.workers, ro.num_cpus or os.cpu_count() or 1)
+            datasets[name] = str(make_demos(spec, o.demos, seed=0, workers=workers).resolve())
 
     # 2. train cells, then the eval cells that depend on them, and the reference rows, on Ray
     cells, done, expected = plan_grid(o, datasets)
+    cells.sort(key=lambda c: -train_cost(o, c.key.variant, c.key.seed) if c.fn is train_cell else 0.0)
     summary = run_cells(cells, o.root, ro, done)
     print(f"[grid] {summary.line()}", flush=True)
     failed = [(label, err) for label, err in summary.failed]
@@ -196,7 +211,7 @@ def add_arguments(p):
     p.add_argument("--suites", default="tabletop")
     p.add_argument("--seeds", default="0")
     p.add_argument("--levels", default="O1-kvcache", help="comma-separated optimization levels to evaluate")
-    p.add_argument("--demos", type=int, default=200, help="expert episodes per suite")
+    p.add_argument("--demos", type=int, default=500, help="expert episodes per suite")
     p.add_argument("--steps", type=int, default=None, help="override every variant's train.steps")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task (default: the suite's)")
     p.add_argument("--workers", type=int, default=1, help="environment processes per eval cell (and demo processes)")

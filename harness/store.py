@@ -188,6 +188,7 @@ class Cell:
     LOSS = "loss.jsonl"
     TRAIN = "train.json"
     CHECKPOINT = "last.safetensors"
+    SOURCE = "source.json"
 
     def __init__(self, key: CellKey, root: str | Path = "results"):
         self.key = key
@@ -256,6 +257,30 @@ class Cell:
             seen.add(eid)
             out.append(r)
         return out
+
+    def source(self) -> dict | None:
+        """What made this eval cell's records (checkpoint hash, suite hash, ...), see `claim`."""
+        p = self.path / self.SOURCE
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def claim(self, source: dict) -> bool:
+        """Tie the cell's records to what makes them. Records made by anything else (a retrained
+        checkpoint, a new suite version) would be mixed into the result as if current, so they
+        are discarded; returns True when that happened. Never called on train cells."""
+        if self.key.is_train:
+            raise UserError(f"{self.path}: a train cell has no evaluation records to claim")
+        source = json.loads(json.dumps(source, default=_json_default))
+        if self.source() == source:
+            return False
+        stale = self.episodes_path.exists() or (self.path / self.RESULT).exists()
+        for name in (self.EPISODES, self.RESULT):
+            (self.path / name).unlink(missing_ok=True)
+        self._done = None
+        atomic_write_json(self.path / self.SOURCE, source)
+        return stale
 
     def write_result(self, result: "Result | dict") -> None:
         """Validate against the Result schema and replace result.json atomically."""

@@ -168,3 +168,16 @@ def test_provenance_records_code_packages_and_machine():
     assert p["hardware"]["cores"] == os.cpu_count() and p["hardware"]["cpu"]
     assert p["python"] == sys.version.split()[0] and p["timestamp"].endswith("+00:00")
     json.dumps(p)
+
+
+def test_records_of_another_checkpoint_are_discarded_not_mixed_in(tmp_path):
+    cell = Store(tmp_path).cell(CellKey("e", "fastwam", "tabletop", 0, "O1-kvcache"))
+    old = {"checkpoint_sha256": "aaa", "suite_hash": "s1"}
+    assert cell.claim(old) is False  # a new cell: nothing to discard
+    cell.append_episode({"episode_id": Cell.episode_id(0, 0, 0), "success": True})
+    assert cell.claim(dict(old)) is False and len(cell.episodes()) == 1  # same source: resume
+    assert cell.claim({**old, "checkpoint_sha256": "bbb"}) is True  # retrained: start over
+    assert cell.episodes() == [] and cell.done_ids() == set()
+    assert cell.source()["checkpoint_sha256"] == "bbb"
+    with pytest.raises(UserError, match="train cell"):
+        Store(tmp_path).cell(CellKey("e", "fastwam", "tabletop", 0, "train")).claim(old)
