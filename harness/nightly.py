@@ -32,8 +32,8 @@ class Preset:
     variant: str = "fastwam"
     suite: str = "tabletop"
     level: str = "O1-kvcache"
-    steps: int = 1500
-    demos: int = 200
+    steps: int = 2000
+    demos: int = 500
     episodes: int = 5          # per task
     seed: int = 0
 
