@@ -327,7 +327,6 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
                   episodes_per_task: int | None = None, workers: int = 2, execution: str = "sync",
                   noise_seed: int | None = 0, progress: bool = True, extra: dict | None = None):
     """Evaluate into a store cell, skipping episodes already there; write result.json at the end."""
-    from harness.checkpoint import file_sha256
     from harness.provenance import provenance
     from harness.stats import per_task, summarize
     from harness.store import Result
@@ -357,7 +356,7 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
     result = Result(experiment=cell.key.experiment, variant=cell.key.variant, suite=cell.key.suite,
                     seed=cell.key.seed, opt_level=cell.key.opt_level, status="complete",
                     metrics=summarize(eps), per_task=per_task(eps), config=cfg, config_hash=spec_hash(cfg),
-                    checkpoint={"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)} if checkpoint_path else None,
+                    checkpoint={"path": str(checkpoint_path), "sha256": source["checkpoint_sha256"]} if checkpoint_path else None,
                     provenance={**provenance(), "suite": suite_provenance(spec)}, started=started,
                     finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), extra=extra or {})
     cell.write_result(result)

@@ -46,9 +46,6 @@ class Labels:
             return Labels(np.zeros(0, dtype=object), np.zeros(0, np.int64), np.zeros(0, np.int64))
         return Labels(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("group", "chunk", "frame")))
 
-    def select(self, groups: set[str]) -> np.ndarray:
-        return np.isin(self.group, list(groups))
-
 
 def parse_rule(rule: dict[str, list[str]]) -> dict[str, list[tuple[str, str]]]:
     """`{"A": ["F0", "C:before"]}` -> `{"A": [("F0", "all"), ("C", "before")]}`, validated."""

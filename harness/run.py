@@ -124,6 +124,7 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
     from harness.levels import not_applicable
     from harness.store import CellKey, Result, Store
     reg = Registry(list(o.include_path))
+    suites = {s: reg.suite(s) for s in o.suites}
     store = Store(o.root)
     cells, done, expected = [], {}, []
     for v in o.variants:
@@ -136,7 +137,8 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                     done[tk] = ckpt
                 else:
                     cells.append(GridCell(tk, train_cell, (o, v, s, seed, datasets[s]), label=f"train {v}/{s}/seed{seed}"))
-                spec, suite_spec = resolved(o, v, seed).variant, reg.suite(s)
+                spec = resolved(o, v, seed).variant
+                source = cell_source(suites[s], ckpt) if ckpt else None  # hashes the checkpoint once
                 for lvl in o.levels:
                     key = CellKey(o.experiment, v, s, seed, lvl)
                     expected.append(key)
@@ -146,7 +148,7 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                         if not cell.is_complete():
                             cell.write_result(Result(o.experiment, v, s, seed, lvl, status="complete", extra={"n/a": why}))
                         done[key] = None
-                    elif ckpt and cell.is_complete() and cell.source() == cell_source(suite_spec, ckpt):
+                    elif source and cell.is_complete() and cell.source() == source:
                         done[key] = cell.result()["metrics"]
                     else:
                         cells.append(GridCell(key, eval_cell, (o, v, s, seed, lvl), deps=(tk,),
@@ -158,7 +160,7 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                     key = CellKey(o.experiment, ref, s, seed, "reference")
                     expected.append(key)
                     cell = store.cell(key)
-                    if cell.is_complete() and cell.source() == cell_source(reg.suite(s), policy=ref):
+                    if cell.is_complete() and cell.source() == cell_source(suites[s], policy=ref):
                         done[key] = cell.result()["metrics"]
                     else:
                         cells.append(GridCell(key, reference_cell, (o, ref, s, seed), label=f"eval {ref}/{s}/seed{seed}"))

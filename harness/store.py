@@ -59,10 +59,6 @@ class CellKey:
     def is_train(self) -> bool:
         return self.opt_level == TRAIN_LEVEL
 
-    @property
-    def is_reference(self) -> bool:
-        return self.opt_level == REFERENCE_LEVEL
-
 
 @dataclass
 class Result:

@@ -332,7 +332,7 @@ class WorldActionModel(nn.Module):
         return out
 
     def _sample(self, latents, state, prompt, opts: InferOptions, noise_seed, blocks) -> dict:
-        v, ch, inf = self.v, self.v.chunk, self.v.inference
+        ch, inf = self.v.chunk, self.v.inference
         steps = opts.steps or inf.steps
         gen = torch.Generator(latents.device).manual_seed(noise_seed) if noise_seed is not None else None
         B, g = latents.shape[0], self.tokens_per_frame

@@ -40,10 +40,6 @@ def find_transformer_dir(path: str | Path) -> Path:
                     f"here or in transformer/); point to a local copy of e.g. Wan-AI/Wan2.2-TI2V-5B-Diffusers")
 
 
-def read_config(path: str | Path) -> dict:
-    return json.loads((find_transformer_dir(path) / "config.json").read_text())
-
-
 def _tensor_files(d: Path) -> dict[str, Path]:
     """key -> shard file, from the index when sharded."""
     from safetensors import safe_open

@@ -406,7 +406,11 @@ class LeRobotData:
         """Decode episode `i` (position in episode order) fully into memory."""
         if not 0 <= i < self.num_episodes:
             raise IndexError(f"episode {i} out of range (dataset has {self.num_episodes})")
-        return self._episode(self._episodes[i], _Readers(self))
+        readers = _Readers(self)
+        try:
+            return self._episode(self._episodes[i], readers)
+        finally:
+            readers.close()
 
     def episodes(self) -> Iterator[Episode]:
         """Every episode in order. v3 packs many episodes per file, so one pass keeps each data

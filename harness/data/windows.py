@@ -42,10 +42,11 @@ class WindowSampler:
             raise UserError(f"window: need actions >= 1, frame_stride >= 1, future_frames >= 0; "
                             f"got {actions}, {frame_stride}, {future_frames}")
         self.actions, self.frame_stride, self.future_frames = actions, frame_stride, future_frames
-        arrays = _load_cached(data, camera, image_size)
+        cache = _cache_path(data, camera, image_size)
+        arrays = _load_cached(cache)
         if arrays is None:
             arrays = _decode(data, camera, image_size)
-            _store_cached(data, camera, image_size, arrays)
+            _store_cached(cache, arrays)
         self.frames, self.action, self.state = arrays["frames"], arrays["action"], arrays["state"]
         self.last = arrays["last"]                 # flat index of each frame's episode end
         self.task_id = arrays["task_id"]
@@ -108,8 +109,7 @@ def _cache_path(data: LeRobotData, camera: str, image_size: int | None) -> Path:
     return data.root / "cache" / f"windows-{camera}-{image_size or 'native'}-{h.hexdigest()[:16]}.npz"
 
 
-def _load_cached(data: LeRobotData, camera: str, image_size: int | None) -> dict | None:
-    path = _cache_path(data, camera, image_size)
+def _load_cached(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -117,10 +117,9 @@ def _load_cached(data: LeRobotData, camera: str, image_size: int | None) -> dict
         return None
 
 
-def _store_cached(data: LeRobotData, camera: str, image_size: int | None, arrays: dict) -> None:
+def _store_cached(path: Path, arrays: dict) -> None:
     """Atomic (temp file + rename), so concurrent trainers never read half a file; a read-only
     dataset folder simply goes uncached."""
-    path = _cache_path(data, camera, image_size)
     try:
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

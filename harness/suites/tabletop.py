@@ -68,19 +68,24 @@ def sample_init(rng: np.random.Generator, layout: str = "fixed") -> dict:
     named cube and pad in the image; needs several times the training.
     `free`: cubes and pads anywhere on the table, kept apart.
     """
-    r = lambda v: [round(float(x), 5) for x in v]  # noqa: E731  (JSON-exact)
-    grip_lo, grip_hi = [-0.05, -0.08, 0.12], [0.05, -0.02, 0.16]
     if layout in ("fixed", "shuffled"):
         shuffle = layout == "shuffled"
         cubes = CUBE_SLOTS[rng.permutation(3) if shuffle else [0, 1, 2]] + rng.uniform(-SLOT_JITTER, SLOT_JITTER, (3, 2))
         pads = PAD_SLOTS[rng.permutation(2) if shuffle else [0, 1]] + rng.uniform(-SLOT_JITTER, SLOT_JITTER, (2, 2))
-        yaw = rng.uniform(-0.3, 0.3, size=3)
-        grip = rng.uniform(grip_lo, grip_hi)
-        return {"cubes": {c: r([*cubes[i], yaw[i]]) for i, c in enumerate(CUBES)},
-                "pads": {p: r(pads[i]) for i, p in enumerate(PADS)},
-                "gripper": r(grip)}
-    if layout != "free":
+    elif layout == "free":
+        cubes, pads = _free_positions(rng)
+    else:
         raise ConfigError(f"tabletop: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    yaw = rng.uniform(-0.3, 0.3, size=3)
+    grip = rng.uniform([-0.05, -0.08, 0.12], [0.05, -0.02, 0.16])
+    r = lambda v: [round(float(x), 5) for x in v]  # noqa: E731  (JSON-exact)
+    return {"cubes": {c: r([*cubes[i], yaw[i]]) for i, c in enumerate(CUBES)},
+            "pads": {p: r(pads[i]) for i, p in enumerate(PADS)},
+            "gripper": r(grip)}
+
+
+def _free_positions(rng: np.random.Generator):
+    """Cubes and pads anywhere, by rejection: pads apart, cubes apart and off the pads."""
     for _ in range(10_000):
         pads = rng.uniform([-0.14, -0.02], [0.14, 0.12], size=(2, 2))
         if np.linalg.norm(pads[0] - pads[1]) < 0.15:
@@ -90,11 +95,7 @@ def sample_init(rng: np.random.Generator, layout: str = "fixed") -> dict:
             continue
         if min(np.linalg.norm(c - p) for c in cubes for p in pads) < 0.10:
             continue
-        yaw = rng.uniform(-0.3, 0.3, size=3)
-        grip = rng.uniform(grip_lo, grip_hi)
-        return {"cubes": {c: r([*cubes[i], yaw[i]]) for i, c in enumerate(CUBES)},
-                "pads": {p: r(pads[i]) for i, p in enumerate(PADS)},
-                "gripper": r(grip)}
+        return cubes, pads
     raise RuntimeError("could not sample a tabletop layout")  # pragma: no cover
 
 
