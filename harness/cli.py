@@ -8,16 +8,16 @@ import sys
 
 # command -> (module, one-line help). The module defines `add_arguments(parser)` and `main(args)`.
 COMMANDS = {
-    "variants": ("harness.commands.variants", "list variants, or `variants show NAME` for the resolved spec"),
+    "variants": ("harness.model.show", "list variants, or `variants show NAME` for the resolved spec"),
     "train": ("harness.train", "train a variant on a LeRobot-format dataset"),
-    "demos": ("harness.demos", "write scripted-expert demonstrations as a LeRobot dataset"),
-    "eval": ("harness.evaluate", "closed-loop evaluation of a checkpoint on a suite"),
-    "run": ("harness.run", "the grid: demos, train every variant, evaluate, report (the `make run` job)"),
-    "results": ("harness.store", "print the results store as a table"),
-    "report": ("harness.report", "tables, plots and an HTML page from the results store"),
+    "demos": ("harness.data.demos", "write scripted-expert demonstrations as a LeRobot dataset"),
+    "eval": ("harness.eval.cell", "closed-loop evaluation of a checkpoint on a suite"),
+    "run": ("harness.scale.grid", "the grid: demos, train every variant, evaluate, report (the `make run` job)"),
+    "results": ("harness.results.store", "print the results store as a table"),
+    "report": ("harness.results.report", "tables, plots and an HTML page from the results store"),
     "bench": ("harness.bench", "measure one figure family and write JSON"),
-    "sweep": ("harness.sweep", "Optuna sweep with persistent storage"),
-    "nightly": ("harness.nightly", "regression gate against results/baselines/"),
+    "sweep": ("harness.scale.sweep", "Optuna sweep with persistent storage"),
+    "nightly": ("harness.scale.nightly", "regression gate against results/baselines/"),
 }
 
 

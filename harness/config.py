@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent  # the project checkout (editable install)
+PACKAGE = Path(__file__).resolve().parent  # built-in variants/ and suites/ ship here (package data)
 
 
 class ConfigError(ValueError):
@@ -296,7 +296,7 @@ class Registry:
              "suite": ("suites", SuiteSpec)}
 
     def __init__(self, include_paths: list[str | Path] = ()):
-        self.roots = [ROOT] + [Path(p).resolve() for p in include_paths]
+        self.roots = [PACKAGE] + [Path(p).resolve() for p in include_paths]
         for p in self.roots[1:]:
             if not p.is_dir():
                 raise ConfigError(f"--include-path {p}: not a folder")
@@ -305,11 +305,11 @@ class Registry:
         sub = self.KINDS[kind][0]
         found: dict[str, Path] = {}
         for root in self.roots:
-            for folder in {root / sub, root} if root != ROOT else {root / sub}:
+            for folder in {root / sub, root} if root != PACKAGE else {root / sub}:
                 for f in sorted(folder.glob("*.yaml")):
                     if f.stem == "opt_levels" or f.stem.startswith("_"):
                         continue
-                    if root != ROOT and folder == root and not self._looks_like(kind, f):
+                    if root != PACKAGE and folder == root and not self._looks_like(kind, f):
                         continue
                     found[f.stem] = f  # later roots (the user's) override built-ins
         return found

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness import checkpoint
+from harness.policy import checkpoint
 from harness.config import Registry, ResolvedVariant, override, resolve_variant
 from harness.errors import UserError
 
@@ -80,7 +80,7 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
     device = pick_device(ts.device)
     last = out / "last.safetensors"
     if not last.exists() and (rv.backbone.weights or rv.backbone.action_init != "random"):
-        from harness.wan import apply_init  # pretrained video weights, interpolated action expert
+        from harness.model.wan import apply_init  # pretrained video weights, interpolated action expert
         apply_init(model.net, rv.backbone.weights, rv.backbone.action_init)
     model.to(device)
     if ts.grad_checkpointing:

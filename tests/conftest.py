@@ -57,7 +57,7 @@ def toy_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray per test module (2 CPUs, no dashboard), as `harness.grid.connect` starts it."""
+    """One local Ray per test module (2 CPUs, no dashboard), as `harness.scale.ray_cells.connect` starts it."""
     import ray
     started = not ray.is_initialized()
     if started:

@@ -1,7 +1,7 @@
 """Latency-aware (async) execution drops exactly the actions that are already in the past."""
 import numpy as np
 
-from harness.evaluate import async_chunk, stale_steps
+from harness.eval.rollout import async_chunk, stale_steps
 
 
 def chunk(start, n=16):

@@ -4,7 +4,7 @@ import numpy as np
 from harness import cli
 from harness.config import Registry
 from harness.data.lerobot import open_dataset
-from harness.demos import default_out, make_demos
+from harness.data.demos import default_out, make_demos
 
 
 def test_demos_write_read_back_and_cache(tmp_path, monkeypatch, capsys):

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from harness.config import Registry, ResolvedVariant, override, resolve_variant
-from harness.demos import make_demos
-from harness.evaluate import episode_plan, evaluate_cell
-from harness.policy import load_policy
-from harness.store import CellKey, Store
+from harness.data.demos import make_demos
+from harness.eval.cell import evaluate_cell
+from harness.eval.rollout import episode_plan
+from harness.policy.policy import load_policy
+from harness.results.store import CellKey, Store
 from harness.train import train
 
 TESTS = Path(__file__).parent
@@ -93,7 +94,7 @@ def test_interrupted_eval_resumes_without_duplicates(trained, tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-800:]
     ids = [json.loads(line)["episode_id"] for line in eps_file.read_text().splitlines()]
-    from harness.store import Cell
+    from harness.results.store import Cell
     planned = {Cell.episode_id(t, i, s) for t, i, s in episode_plan(Registry().suite("tabletop"), 0, 2)}
     assert len(ids) == len(set(ids)) == 8 and set(ids) == planned
     result = json.loads((eps_file.parent / "result.json").read_text())

@@ -10,9 +10,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from harness.grid import ERROR_FILE, WORKER_FILE, RayOptions  # noqa: E402
-from harness.run import GridOptions, run_grid  # noqa: E402
-from harness.store import CellKey, Store, read_jsonl  # noqa: E402
+from harness.scale.ray_cells import ERROR_FILE, WORKER_FILE, RayOptions  # noqa: E402
+from harness.scale.grid import GridOptions, run_grid  # noqa: E402
+from harness.results.store import CellKey, Store, read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,13 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 def grid_env(tmp_path_factory, ray_session):
     """A tiny demo set, a store, and a folder with a variant that diverges on purpose."""
     from harness.config import Registry
-    from harness.demos import make_demos
+    from harness.data.demos import make_demos
     base = tmp_path_factory.mktemp("grid")
     ds = make_demos(Registry().suite("tabletop"), 4, seed=0, out=base / "demos", workers=1, video=False, quiet=True)
     inc = base / "include"
     (inc / "variants").mkdir(parents=True)
     (inc / "variants" / "broken.yaml").write_text(
-        f"include: {REPO / 'variants' / 'fastwam.yaml'}\ndescription: diverges on purpose\ntrain: {{lr: 1.0e+30}}\n")
+        f"include: {REPO / 'harness' / 'variants' / 'fastwam.yaml'}\ndescription: diverges on purpose\ntrain: {{lr: 1.0e+30}}\n")
     return {"root": base / "results", "reports": base / "reports", "dataset": str(ds), "include": str(inc)}
 
 

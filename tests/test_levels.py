@@ -8,9 +8,9 @@ from test_masks import random_model
 
 from harness.config import Registry
 from harness.errors import UserError
-from harness.levels import apply_transforms, infer_options, not_applicable, quantize_int8
-from harness.policy import smooth_actions
-from harness.wam import DitCache, InferOptions
+from harness.policy.levels import apply_transforms, infer_options, not_applicable, quantize_int8
+from harness.policy.policy import smooth_actions
+from harness.model.wam import DitCache, InferOptions
 
 torch.set_num_threads(1)
 REG = Registry()

@@ -309,7 +309,7 @@ def test_import_v3_hf_layout_and_rejects_unknown_layouts(tmp_path):
 @needs_assets
 def test_demos_for_two_object_tasks(tmp_path):
     """`wam-bench demos --suite libero_object` path: scripted demos from random inits, LeRobot output."""
-    from harness.demos import make_demos
+    from harness.data.demos import make_demos
     spec = Registry().suite("libero_object")
     # one small camera: software GL costs ~0.1–0.5 s a frame whatever the size, and demos render every step
     spec = dataclasses.replace(spec, tasks=spec.tasks[:2], image_size=64, cameras=["agentview"],
@@ -327,9 +327,9 @@ def test_demos_for_two_object_tasks(tmp_path):
         assert np.abs(ep.state[-1, :3] - ep.state[0, :3]).max() > 0.05  # the arm moved
     # ...then a short `tiny` training and a closed-loop evaluation on the same two tasks, into the store
     from harness.config import ResolvedVariant, override, resolve_variant
-    from harness.evaluate import evaluate_cell
-    from harness.policy import load_policy
-    from harness.store import CellKey, Store
+    from harness.eval.cell import evaluate_cell
+    from harness.policy.policy import load_policy
+    from harness.results.store import CellKey, Store
     from harness.train import train
     rv = resolve_variant("fastwam")
     rv = ResolvedVariant(override(rv.variant, {"train.steps": 5, "train.batch_size": 4}), rv.backbone)

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.backbone import Tokens
-from harness.commands.variants import _training_labels
+from harness.model.backbone import Tokens
+from harness.model.show import _training_labels
 from harness.config import ConfigError, Registry, resolve_variant
-from harness.masks import Labels, build_mask
-from harness.wam import WorldActionModel
+from harness.model.masks import Labels, build_mask
+from harness.model.wam import WorldActionModel
 
 VARIANTS = Registry().names("variant")
 
@@ -79,7 +79,7 @@ def test_kv_prefill_equals_full_recompute(name):
     rv = m.v
     lat = torch.randn(1, 1, m.tokens_per_frame, m.codec.channels)
     blocks = [torch.randn(1, rv.chunk.latent_frames * m.tokens_per_frame, m.codec.channels)] if rv.layout == "dreamzero" else None
-    from harness.wam import InferOptions
+    from harness.model.wam import InferOptions
     outs = {}
     for kv in (False, True):
         for cb in (False, True):

@@ -4,13 +4,13 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.nightly import compare
+from harness.scale.nightly import compare
 
 
 @pytest.fixture(scope="module")
 def nightly_env(tmp_path_factory):
     from harness.config import Registry
-    from harness.demos import make_demos
+    from harness.data.demos import make_demos
     base = tmp_path_factory.mktemp("nightly")
     ds = make_demos(Registry().suite("tabletop"), 4, seed=0, out=base / "demos", workers=1, video=False, quiet=True)
     return base, str(ds)
@@ -36,7 +36,7 @@ def test_fresh_baseline_passes_and_a_worse_checkpoint_fails(nightly_env, capsys)
 
     # plant a regression: the same weights plus noise, and 4x the denoising steps in its config
     import torch
-    from harness import checkpoint
+    from harness.policy import checkpoint
     sd, meta, _ = checkpoint.load(cmp["current"]["checkpoint"])
     meta["config"]["variant"]["inference"]["steps"] *= 4
     g = torch.Generator().manual_seed(0)

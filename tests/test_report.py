@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from harness.errors import UserError
-from harness.report import write_report
-from harness.stats import bootstrap_ci, summarize, wilson
-from harness.store import CellKey, Result, Store
+from harness.results.report import write_report
+from harness.results.stats import bootstrap_ci, summarize, wilson
+from harness.results.store import CellKey, Result, Store
 from test_store import fake_episodes
 
 EXP = "abl"
@@ -217,7 +217,7 @@ def test_page_renders_in_chromium(report, tmp_path):
 
 
 def test_expected_grid_names_cells_that_never_ran(report):
-    from harness.report import collect
+    from harness.results.report import collect
     store, _ = report
     want = [CellKey(EXP, "fastwam", "tabletop", 0, "O1-kvcache"), CellKey(EXP, "fastwam", "libero_goal", 0, "O1-kvcache")]
     col = collect(store, EXP, expected=want)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from harness.stats import bootstrap_ci, latency_summary, per_task, summarize, two_proportion_test, wilson
+from harness.results.stats import bootstrap_ci, latency_summary, per_task, summarize, two_proportion_test, wilson
 from test_store import fake_episodes
 
 

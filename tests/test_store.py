@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from harness.errors import UserError
-from harness.stats import summarize
-from harness.store import Cell, CellKey, Result, Store
+from harness.results.stats import summarize
+from harness.results.store import Cell, CellKey, Result, Store
 
 TASKS = ["pick_red_cube", "push_blue_to_target", "stack_green_on_red"]
 
@@ -112,7 +112,7 @@ def test_crash_during_append_keeps_finished_episodes(tmp_path):
     """A process killed between episodes loses nothing finished (fsync per line)."""
     code = f"""
 import os
-from harness.store import Cell, CellKey
+from harness.results.store import Cell, CellKey
 c = Cell(CellKey("exp", "fastwam", "tabletop", 0, "O1-kvcache"), {str(tmp_path)!r})
 for i in range(5):
     c.append_episode({{"episode_id": f"e{{i}}", "success": True}})
@@ -160,7 +160,7 @@ def test_results_command_prints_table(tmp_path, capsys):
 
 
 def test_provenance_records_code_packages_and_machine():
-    from harness.provenance import provenance
+    from harness.results.provenance import provenance
     p = provenance(extra_packages=("definitely-not-installed-pkg",))
     assert len(p["git"]["commit"]) == 40 and isinstance(p["git"]["dirty"], bool)
     assert p["packages"]["numpy"] == np.__version__ and p["packages"]["wam-bench"]

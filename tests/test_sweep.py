@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 from optuna.trial import TrialState  # noqa: E402
 
 from harness.errors import UserError  # noqa: E402
-from harness.sweep import load_space, run_sweep  # noqa: E402
+from harness.scale.sweep import load_space, run_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = """
@@ -46,7 +46,7 @@ def test_space_errors_are_one_line(tmp_path):
 
 def test_interrupted_sweep_continues_the_study(tmp_path, ray_session):
     from harness.config import Registry
-    from harness.demos import make_demos
+    from harness.data.demos import make_demos
     ds = make_demos(Registry().suite("tabletop"), 4, seed=0, out=tmp_path / "demos", workers=1, video=False, quiet=True)
     (tmp_path / "space.yaml").write_text(SPACE)
     storage = f"sqlite:///{tmp_path / 'study.db'}"

@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from conftest import write_toy_dataset
-from harness import checkpoint
+from harness.policy import checkpoint
 from harness.cli import main as cli
 from harness.config import Registry, ResolvedVariant, override, resolve_variant
 from harness.data.lerobot import open_dataset
 from harness.errors import UserError
-from harness.policy import load_policy
+from harness.policy.policy import load_policy
 from harness.suites.base import Observation
 from harness.train import make_sampler, to_torch, train
-from harness.wam import WorldActionModel
+from harness.model.wam import WorldActionModel
 
 VARIANTS = Registry().names("variant")
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 diffusers = pytest.importorskip("diffusers", reason="the Wan path needs diffusers: pip install -e '.[wan]'")
 transformers = pytest.importorskip("transformers", reason="the T5 path needs transformers: pip install -e '.[wan]'")
 
-from harness import wan  # noqa: E402
-from harness.backbone import MoTDiT, PixelCodec, Tokens  # noqa: E402
+from harness.model import wan  # noqa: E402
+from harness.model.backbone import MoTDiT, PixelCodec, Tokens  # noqa: E402
 from harness.config import BackboneSpec, CodecSpec, Registry, ResolvedVariant, TextSpec, resolve_variant  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 
@@ -161,8 +161,8 @@ def vae_dir(tmp_path_factory):
 
 
 def test_wan_vae_codec_equals_diffusers(vae_dir, monkeypatch, tmp_path):
-    from harness.backbone import make_codec
-    from harness.codecs import WanVAECodec
+    from harness.model.backbone import make_codec
+    from harness.model.codecs import WanVAECodec
     monkeypatch.setenv("WAM_LATENT_CACHE", str(tmp_path / "lat"))
     codec = make_codec(toy_spec(codec=CodecSpec(kind="wan_vae", image_size=64, patch=2, path=str(vae_dir.parent))))
     assert isinstance(codec, WanVAECodec) and codec.channels == Z * 4 and codec.grid == 2
@@ -198,7 +198,7 @@ def test_wan_vae_codec_equals_diffusers(vae_dir, monkeypatch, tmp_path):
 
 
 def test_wan_vae_codec_without_folder_sizes_but_refuses_to_encode():
-    from harness.codecs import WanVAECodec
+    from harness.model.codecs import WanVAECodec
     c = WanVAECodec(CodecSpec(kind="wan_vae", image_size=256, patch=2))
     assert c.channels == 48 * 4 and c.grid == 8  # Wan2.2 VAE sizes: the model can be built on meta
     with pytest.raises(UserError, match="codec.path is not set"):
@@ -228,7 +228,7 @@ def save_t5(d, seed):
 
 
 def test_t5_embeddings_and_disk_cache(tmp_path):
-    from harness.text_encoders import T5Text
+    from harness.model.text_encoders import T5Text
     d = save_t5(tmp_path / "wan", seed=4)
     spec = TextSpec(kind="t5", max_tokens=8, path=str(d), cache_dir=str(tmp_path / "cache"))
     enc = T5Text(spec, TEXT)
@@ -259,7 +259,7 @@ def test_t5_embeddings_and_disk_cache(tmp_path):
 
 def test_full_wam_with_wan_vae_and_t5(vae_dir, tmp_path, monkeypatch):
     """The WAM trains and samples through both real-scale components, and checkpoints hold neither."""
-    from harness.wam import InferOptions, WorldActionModel
+    from harness.model.wam import InferOptions, WorldActionModel
     monkeypatch.delenv("WAM_LATENT_CACHE", raising=False)
     d = save_t5(tmp_path / "t5", seed=6)
     bb = toy_spec(codec=CodecSpec(kind="wan_vae", image_size=64, patch=2, path=str(vae_dir)),
@@ -286,7 +286,7 @@ def test_full_wam_with_wan_vae_and_t5(vae_dir, tmp_path, monkeypatch):
 
 def test_wan22_5b_preset_on_meta_device(capsys):
     from harness.cli import main as cli
-    from harness.wam import WorldActionModel
+    from harness.model.wam import WorldActionModel
     rv = resolve_variant("fastwam", Registry(), "wan22-5b")
     b = rv.backbone
     assert (b.layers, b.video_dim, b.heads, b.action_dim, b.codec.kind, b.text.kind) == (30, 3072, 24, 1024, "wan_vae", "t5")

@@ -38,7 +38,7 @@ def raw_steps_per_s(spec, plan, horizon: int) -> float:
 
 
 def harness_steps_per_s(spec, plan, policy, workers: int) -> float:
-    from harness.evaluate import run_episodes
+    from harness.eval.rollout import run_episodes
     recs = []
     t0 = time.perf_counter()
     run_episodes(spec, plan, policy, recs.append, workers=workers, progress=False)
@@ -48,7 +48,8 @@ def harness_steps_per_s(spec, plan, policy, workers: int) -> float:
 def measure(args) -> dict:
     import torch
     torch.set_num_threads(1)
-    from harness.evaluate import RandomPolicy, episode_plan
+    from harness.eval.rollout import episode_plan
+    from harness.policy.reference import RandomPolicy
     spec = Registry(getattr(args, "include_path", None) or []).suite(args.suite or "tabletop")
     horizon = spec.action_horizon or 8
     n = 2 if args.quick else 5
@@ -65,9 +66,9 @@ def measure(args) -> dict:
     figures = {"eval_over_sim": float(np.median(har) / np.median(raw)),
                "raw_sim_steps_per_s": float(np.median(raw)), "harness_steps_per_s": float(np.median(har))}
     if not args.quick:
-        from harness.policy import Policy
+        from harness.policy.policy import Policy
         from harness.config import resolve_variant
-        from harness.wam import WorldActionModel
+        from harness.model.wam import WorldActionModel
         rv = resolve_variant("fastwam")
         model = WorldActionModel(rv, spec.action_dim, spec.state_dim)
         policy = Policy(model, {"camera": spec.cameras[0]})

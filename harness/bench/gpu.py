@@ -62,7 +62,7 @@ def _batch(torch, rv, batch_size, device):
 
 def _one(torch, reg, name, backbone, device, quick) -> dict:
     from harness.config import resolve_variant
-    from harness.wam import InferOptions, WorldActionModel
+    from harness.model.wam import InferOptions, WorldActionModel
 
     cuda = device.startswith("cuda")
     batch_size = 8 if cuda else 2

@@ -52,7 +52,7 @@ class Config:
 
 
 def _random_model(name: str, reg: Registry, action_size: int, state_size: int):
-    from harness.wam import WorldActionModel
+    from harness.model.wam import WorldActionModel
     torch.manual_seed(0)
     m = WorldActionModel(resolve_variant(name, reg), action_size, state_size)
     for p in m.parameters():  # output heads start at zero (DiT init): give them values
@@ -103,8 +103,8 @@ def _observation(spec):
 
 
 def measure(args) -> dict:
-    from harness import checkpoint as ck
-    from harness.levels import apply_transforms, infer_options, not_applicable
+    from harness.policy import checkpoint as ck
+    from harness.policy.levels import apply_transforms, infer_options, not_applicable
 
     torch.set_num_threads(1)
     quick = bool(args.quick)
@@ -197,10 +197,10 @@ def _progress(spec, trained: dict, reg: Registry, episodes: int, compile: bool =
 
     `compile` False evaluates O6 eager: torch.compile gives the same actions (tests/test_levels.py)
     and on a loaded CPU its warm-up costs minutes."""
-    from harness.evaluate import episode_plan, run_episodes
-    from harness.levels import apply_transforms, infer_options
-    from harness.policy import Policy
-    from harness import checkpoint as ck
+    from harness.eval.rollout import episode_plan, run_episodes
+    from harness.policy.levels import apply_transforms, infer_options
+    from harness.policy.policy import Policy
+    from harness.policy import checkpoint as ck
 
     cells = [("dreamzero", "O0-eager"), ("dreamzero", "O6-flash"), ("dreamzero-flash", "O6-flash")]
     plan = episode_plan(spec, 0, episodes)

@@ -20,8 +20,8 @@ def add_arguments(p):  # the bench dispatcher's --quick / --checkpoint / --suite
 
 def _checkpoint(suite: str, tmp: Path) -> str:
     from harness.config import Registry
-    from harness.demos import make_demos
-    from harness.run import GridOptions, resolved
+    from harness.data.demos import make_demos
+    from harness.scale.grid import GridOptions, resolved
     from harness.train import train
     ds = make_demos(Registry().suite(suite), 8, seed=0, out=tmp / "demos", workers=1, video=False, quiet=True)
     rv = resolved(GridOptions(steps=30), "fastwam", 0)
@@ -30,13 +30,13 @@ def _checkpoint(suite: str, tmp: Path) -> str:
 
 def _grid(ckpt: str, suite: str, cells: int, episodes: int, workers: int, root: Path) -> float:
     import ray
-    from harness.grid import GridCell, RayOptions, run_cells
-    from harness.run import GridOptions, eval_cell
-    from harness.store import CellKey
+    from harness.scale.ray_cells import GridCell, RayOptions, run_cells
+    from harness.scale.grid import GridOptions, eval_cell
+    from harness.results.store import CellKey
     if ray.is_initialized():
         ray.shutdown()
     ro = RayOptions(num_cpus=workers, cpus_per_cell=1, max_retries=0)
-    from harness.grid import connect
+    from harness.scale.ray_cells import connect
     connect(ro)
     o = GridOptions(experiment="scaling", root=str(root), episodes=episodes, workers=1)
     grid = [GridCell(CellKey("scaling", "fastwam", suite, seed, "O1-kvcache"), eval_cell,

@@ -77,7 +77,7 @@ def measure(args) -> dict:
     rows, figures, notes = [], {}, []
     for name in names:
         rv = resolve_variant(name)
-        from harness.wam import WorldActionModel
+        from harness.model.wam import WorldActionModel
         torch.manual_seed(0)
         model = WorldActionModel(rv, 4, 4)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

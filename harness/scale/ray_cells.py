@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import UserError
-from harness.store import CellKey, Result, Store, atomic_write_json
+from harness.results.store import CellKey, Result, Store, atomic_write_json
 
 ENV_VARS = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_ASSETS", "WAM_BENCH_CACHE")
 ERROR_FILE = "error.txt"

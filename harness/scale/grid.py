@@ -39,7 +39,7 @@ class GridOptions:
 
 
 def train_key(o: GridOptions, variant: str, suite: str, seed: int):
-    from harness.store import CellKey
+    from harness.results.store import CellKey
     return CellKey(o.experiment, variant, suite, seed, "train")
 
 
@@ -53,7 +53,7 @@ def resolved(o: GridOptions, variant: str, seed: int) -> ResolvedVariant:
 
 def train_cell(o: GridOptions, variant: str, suite: str, seed: int, dataset: str, position: int = 0) -> str:
     """One train cell: returns the checkpoint path (resumes a partial training, skips a finished one)."""
-    from harness.store import Store
+    from harness.results.store import Store
     from harness.train import train
     cell = Store(o.root).cell(train_key(o, variant, suite, seed))
     ckpt = trained_checkpoint(o, variant, suite, seed)
@@ -66,7 +66,7 @@ def train_cell(o: GridOptions, variant: str, suite: str, seed: int, dataset: str
 
 def trained_checkpoint(o: GridOptions, variant: str, suite: str, seed: int) -> str | None:
     """The checkpoint of a finished train cell with this exact config, else None."""
-    from harness.store import Store
+    from harness.results.store import Store
     cell = Store(o.root).cell(train_key(o, variant, suite, seed))
     rv = resolved(o, variant, seed)
     info = cell.train_info()
@@ -78,10 +78,10 @@ def trained_checkpoint(o: GridOptions, variant: str, suite: str, seed: int) -> s
 
 def eval_cell(checkpoint: str, o: GridOptions, variant: str, suite: str, seed: int, level_name: str) -> dict:
     """One eval cell: the checkpoint at one optimization level, into the store."""
-    from harness.evaluate import evaluate_cell
-    from harness.levels import apply_transforms, infer_options
-    from harness.policy import load_policy
-    from harness.store import CellKey, Store
+    from harness.eval.cell import evaluate_cell
+    from harness.policy.levels import apply_transforms, infer_options
+    from harness.policy.policy import load_policy
+    from harness.results.store import CellKey, Store
     reg = Registry(list(o.include_path))
     level = reg.opt_level(level_name)
     policy = load_policy(checkpoint, infer_options(level), level_name)
@@ -94,8 +94,8 @@ def eval_cell(checkpoint: str, o: GridOptions, variant: str, suite: str, seed: i
 
 def reference_cell(o: GridOptions, ref: str, suite: str, seed: int) -> dict:
     """The scripted-expert or random reference row of one suite."""
-    from harness.evaluate import evaluate_cell
-    from harness.store import CellKey, Store
+    from harness.eval.cell import evaluate_cell
+    from harness.results.store import CellKey, Store
     spec = Registry(list(o.include_path)).suite(suite)
     res = evaluate_cell(Store(o.root).cell(CellKey(o.experiment, ref, suite, seed, "reference")), spec, ref,
                         config={"policy": ref}, episodes_per_task=o.episodes, workers=o.workers, progress=o.progress)
@@ -119,10 +119,10 @@ def train_cost(o: GridOptions, variant: str, seed: int) -> float:
 
 def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
     """-> (cells to run, {key: value} of cells already complete, every expected key)."""
-    from harness.evaluate import cell_source
-    from harness.grid import GridCell
-    from harness.levels import not_applicable
-    from harness.store import CellKey, Result, Store
+    from harness.eval.cell import cell_source
+    from harness.scale.ray_cells import GridCell
+    from harness.policy.levels import not_applicable
+    from harness.results.store import CellKey, Result, Store
     reg = Registry(list(o.include_path))
     suites = {s: reg.suite(s) for s in o.suites}
     store = Store(o.root)
@@ -169,9 +169,9 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
 
 def run_grid(o: GridOptions, ro=None) -> dict:
     """Run the whole grid on Ray; returns {"failed": [(what, error)], "summary", "index", "wall_s"}."""
-    from harness.demos import make_demos
-    from harness.grid import RayOptions, run_cells
-    from harness.report import write_report
+    from harness.data.demos import make_demos
+    from harness.scale.ray_cells import RayOptions, run_cells
+    from harness.results.report import write_report
 
     ro = ro or RayOptions()
     o = absolute(o)
@@ -234,7 +234,7 @@ def add_ray_arguments(p):
 
 
 def ray_options_from_args(args):
-    from harness.grid import RayOptions
+    from harness.scale.ray_cells import RayOptions
     if args.cpus_per_cell <= 0 or args.gpus_per_cell < 0 or args.max_retries < 0:
         raise UserError("--cpus-per-cell must be > 0, --gpus-per-cell and --max-retries >= 0")
     return RayOptions(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,

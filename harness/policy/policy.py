@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import checkpoint
+from harness.policy import checkpoint
 from harness.suites.base import Observation
-from harness.wam import InferOptions
+from harness.model.wam import InferOptions
 
 
 def smooth_actions(actions: np.ndarray, window: int = 7, order: int = 2) -> np.ndarray:

@@ -197,7 +197,7 @@ def make_text(spec: BackboneSpec) -> nn.Module:
     if spec.text.kind == "hashed":
         return HashedText(spec.text.vocab, spec.text.max_tokens, spec.text_dim)
     if spec.text.kind == "t5":
-        from harness.text_encoders import T5Text
+        from harness.model.text_encoders import T5Text
         return T5Text(spec.text, spec.text_dim)
     raise ValueError(f"backbone '{spec.name}': unknown text.kind '{spec.text.kind}' (use 'hashed' or 't5')")
 
@@ -326,6 +326,6 @@ def make_codec(spec: BackboneSpec) -> nn.Module:
     if spec.codec.kind == "pixel":
         return PixelCodec(spec.codec.image_size, spec.codec.patch)
     if spec.codec.kind == "wan_vae":
-        from harness.codecs import WanVAECodec
+        from harness.model.codecs import WanVAECodec
         return WanVAECodec(spec.codec)
     raise ValueError(f"backbone '{spec.name}': unknown codec.kind '{spec.codec.kind}' (use 'pixel' or 'wan_vae')")

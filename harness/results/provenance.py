@@ -16,7 +16,7 @@ from pathlib import Path
 
 CORE_PACKAGES = ("torch", "numpy", "mujoco", "wam-bench")
 OPTIONAL_PACKAGES = ("hf-libero", "libero", "robosuite", "ray", "optuna", "safetensors")
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str | None:

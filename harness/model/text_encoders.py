@@ -48,7 +48,7 @@ def fingerprint(enc: Path, tok: Path) -> str:
     for f in [enc / "config.json"] + sorted(x for x in tok.iterdir() if x.is_file() and x.suffix in (".json", ".model", ".txt")):
         h.update(f.name.encode())
         h.update(f.read_bytes())
-    from harness.codecs import hash_weight_files
+    from harness.model.codecs import hash_weight_files
     hash_weight_files(h, enc)
     return h.hexdigest()[:16]
 

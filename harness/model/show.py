@@ -28,8 +28,8 @@ def main(args) -> int:
     print(yaml.safe_dump({"variant": to_dict(rv.variant), "backbone": to_dict(rv.backbone)}, sort_keys=False).rstrip())
     print(f"config_hash: {rv.hash}")
     import torch
-    from harness.masks import render
-    from harness.wam import WorldActionModel
+    from harness.model.masks import render
+    from harness.model.wam import WorldActionModel
     with torch.device("meta"):  # no memory used, even for wan22-5b
         m = WorldActionModel(rv, 7, 8)
     print(f"parameters: {sum(p.numel() for p in m.parameters()):,}")
@@ -40,7 +40,7 @@ def main(args) -> int:
 
 
 def _training_labels(m):
-    from harness.masks import Labels
+    from harness.model.masks import Labels
     ch, lf = m.v.chunk, m.v.chunk.latent_frames
     if m.v.layout == "dreamzero":
         fr = lambda i: list(range(1 + (i - 1) * lf, 1 + i * lf))  # noqa: E731

@@ -67,7 +67,7 @@ def load(path: str | Path) -> tuple[dict, dict, dict | None]:
 
 def build_model(meta: dict, model_sd: dict | None = None):
     """Rebuild the WorldActionModel a checkpoint describes (lazy torch-heavy import)."""
-    from harness.wam import WorldActionModel
+    from harness.model.wam import WorldActionModel
     try:
         rv = ResolvedVariant.from_dict(meta["config"])
     except (KeyError, ConfigError) as e:

@@ -12,7 +12,7 @@ import torch
 
 from harness.config import OptLevelSpec, Registry, VariantSpec, to_dict
 from harness.errors import UserError
-from harness.wam import InferOptions
+from harness.model.wam import InferOptions
 
 
 def not_applicable(level: OptLevelSpec, variant: VariantSpec) -> str | None:
@@ -93,7 +93,7 @@ def warm_up(model, opts: InferOptions) -> None:
 
 def load_leveled_policy(checkpoint_path, level_name: str, registry: Registry | None = None):
     """-> (Policy at that level, config dict for the result). Errors if the level is n/a."""
-    from harness.policy import load_policy
+    from harness.policy.policy import load_policy
     reg = registry or Registry()
     level = reg.opt_level(level_name)
     policy = load_policy(checkpoint_path, infer_options(level), level.name)

@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import flow
-from harness.backbone import MoTDiT, Tokens, make_codec
+from harness.model import flow
+from harness.model.backbone import MoTDiT, Tokens, make_codec
 from harness.config import ResolvedVariant
-from harness.masks import Labels, build_mask
+from harness.model.masks import Labels, build_mask
 
 
 @dataclass

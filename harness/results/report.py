@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.reference import paper_ladder, paper_success_pct, papers
-from harness.stats import per_task, summarize
-from harness.store import REFERENCE_LEVEL, Cell, CellKey, Store, na_reason
+from harness.results.papers import paper_ladder, paper_success_pct, papers
+from harness.results.stats import per_task, summarize
+from harness.results.store import REFERENCE_LEVEL, Cell, CellKey, Store, na_reason
 
 LEVELS = ["O0-eager", "O1-kvcache", "O2-cfg-batch", "O3-dit-cache", "O4-compile", "O5-lowp", "O6-flash"]
 VARIANTS = ["fastwam", "fastwam-joint", "fastwam-idm", "fastwam-no-cotrain", "dreamzero", "dreamzero-flash"]

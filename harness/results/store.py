@@ -385,7 +385,7 @@ def _pct(x) -> str:
 
 def cell_row(cell: Cell) -> dict:
     """One line of the `results` table; metrics are recomputed from the episode records."""
-    from harness.stats import summarize
+    from harness.results.stats import summarize
     k = cell.key
     row = {"experiment": k.experiment, "variant": k.variant, "suite": k.suite, "seed": k.seed,
            "level": k.opt_level, "status": "n/a" if na_reason(cell.result()) else cell.status(), "n": "", "success % [CI]": "",

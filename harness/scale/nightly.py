@@ -4,7 +4,7 @@ Runs a fixed small preset (demos -> train -> closed-loop eval at one level, one 
 seeded: the same code gives the same episodes) and compares it with
 `results/baselines/<preset>.json`:
 
-- success: one-sided Fisher exact test (harness.stats.two_proportion_test), fails at p < alpha;
+- success: one-sided Fisher exact test (harness.results.stats.two_proportion_test), fails at p < alpha;
 - task progress: one-sided Welch t-test on per-episode progress, fails at p < alpha;
 - latency: p50 per inference call divided by a matmul calibration measured in the same process
   interleaved with the calls (one calibration block after every call), fails when the ratio to
@@ -97,11 +97,11 @@ def run_preset(preset: Preset, root: Path, checkpoint: str | None = None, datase
     import torch
     torch.set_num_threads(1)
     from harness.config import Registry
-    from harness.demos import make_demos
-    from harness.evaluate import evaluate_cell
-    from harness.levels import load_leveled_policy
-    from harness.run import GridOptions, resolved
-    from harness.store import CellKey, Store
+    from harness.data.demos import make_demos
+    from harness.eval.cell import evaluate_cell
+    from harness.policy.levels import load_leveled_policy
+    from harness.scale.grid import GridOptions, resolved
+    from harness.results.store import CellKey, Store
     from harness.train import train
 
     reg = Registry()
@@ -149,7 +149,7 @@ def welch_greater(base: list[float], cur: list[float]) -> float:
 
 def compare(base: dict, cur: dict, alpha: float = 0.01, latency_ratio: float = 1.25) -> list[dict]:
     """Rows of the comparison table; `regression` is True where the gate fails."""
-    from harness.stats import two_proportion_test
+    from harness.results.stats import two_proportion_test
     rows = []
     bs, cs = base["success"], cur["success"]
     p = two_proportion_test(bs["k"], bs["n"], cs["k"], cs["n"])
@@ -206,7 +206,7 @@ def add_arguments(p):
 
 def main(args) -> int:
     from harness.bench import git_commit, machine
-    from harness.store import atomic_write_json
+    from harness.results.store import atomic_write_json
     os.environ.setdefault("MUJOCO_GL", "egl")
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'; presets: {', '.join(PRESETS)}")

@@ -114,7 +114,7 @@ def _train_overrides(params: dict) -> dict:
 def trial_variant(space: Space, params: dict):
     """The trial's resolved variant and its store name (`<variant>+<hash>` when training settings change)."""
     from harness.config import override
-    from harness.run import GridOptions, resolved
+    from harness.scale.grid import GridOptions, resolved
     rv = resolved(GridOptions(steps=space.steps), space.variant, space.seed)
     sets = _train_overrides(params)
     if not sets:
@@ -128,7 +128,7 @@ def checkpoint_for(space: Space, params: dict, root: str, dataset: str | None) -
     """Train (once, under a file lock: trials may share it) or reuse the checkpoint of this training config."""
     if space.checkpoint:
         return space.checkpoint
-    from harness.store import CellKey, Store
+    from harness.results.store import CellKey, Store
     from harness.train import train
     rv, name = trial_variant(space, params)
     cell = Store(root).cell(CellKey(f"sweep-{space.study}", name, space.suite, space.seed, "train"))
@@ -145,10 +145,10 @@ def checkpoint_for(space: Space, params: dict, root: str, dataset: str | None) -
 def run_trial(space: Space, params: dict, number: int, root: str, dataset: str | None) -> dict:
     """Evaluate one trial into its store cell; returns its metrics (flat)."""
     from harness.config import Registry
-    from harness.evaluate import evaluate_cell
-    from harness.levels import apply_transforms, infer_options
-    from harness.policy import load_policy
-    from harness.store import CellKey, Store
+    from harness.eval.cell import evaluate_cell
+    from harness.policy.levels import apply_transforms, infer_options
+    from harness.policy.policy import load_policy
+    from harness.results.store import CellKey, Store
     ckpt = checkpoint_for(space, params, root, dataset)
     reg = Registry()
     level = reg.opt_level(space.base_level)
@@ -220,8 +220,8 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
     import optuna
     import ray
     from optuna.trial import TrialState
-    from harness.grid import ENV_VARS, RayOptions, _run_cell, check_resources, connect
-    from harness.store import CellKey
+    from harness.scale.ray_cells import ENV_VARS, RayOptions, _run_cell, check_resources, connect
+    from harness.results.store import CellKey
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ro = ro or RayOptions()
     root = str(Path(root).resolve())
@@ -242,7 +242,7 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
     if finished() < trials:
         if not space.checkpoint and dataset is None:
             from harness.config import Registry
-            from harness.demos import make_demos
+            from harness.data.demos import make_demos
             dataset = str(make_demos(Registry().suite(space.suite), space.demos, seed=0, workers=1).resolve())
         connect(ro)
         check_resources(ro)
@@ -358,12 +358,12 @@ def add_arguments(p):
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
     p.add_argument("--dataset", default=None, help="demonstrations to train on (default: the space's cached demos)")
-    from harness.run import add_ray_arguments
+    from harness.scale.grid import add_ray_arguments
     add_ray_arguments(p)
 
 
 def main(args) -> int:
-    from harness.run import ray_options_from_args
+    from harness.scale.grid import ray_options_from_args
     os.environ.setdefault("MUJOCO_GL", "egl")
     space = load_space(args.space)
     if args.study:

@@ -1,0 +1,162 @@
+"""The rollout loop: run a plan of episodes over environment workers with one policy.
+
+Each finished episode goes to `record` at once (the cell appends it to `episodes.jsonl`), so an
+interrupted evaluation resumes without duplicates. Async execution makes a slow policy pay in
+task progress as on a real robot (`async_chunk`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+import numpy as np
+from tqdm import tqdm
+
+from harness.config import SuiteSpec
+from harness.errors import UserError
+from harness.eval.workers import WorkerPool
+from harness.policy.reference import RandomPolicy
+from harness.suites.base import Observation
+
+
+def episode_plan(spec: SuiteSpec, seed: int, episodes_per_task: int | None = None,
+                 tasks: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """(task, init index, episode seed) for every episode of a cell: init states cycle."""
+    n = episodes_per_task or spec.episodes_per_task
+    tasks = range(len(spec.tasks)) if tasks is None else tasks
+    return [(t, i % spec.init_states, seed * 100_003 + t * 1_009 + i) for t in tasks for i in range(n)]
+
+
+def stale_steps(latency_ms: float, control_hz: float) -> int:
+    """Control steps that pass while the policy computes: ceil(latency x control_hz)."""
+    return math.ceil(latency_ms / 1000 * control_hz - 1e-9)
+
+
+def async_chunk(full: np.ndarray, carry: np.ndarray, horizon: int, late: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latency-aware execution of a new chunk `full` -> (actions to execute now, next carry).
+
+    While the policy computed, the robot kept executing `carry` (the previous chunk past its
+    horizon) for `late` steps, holding still (zero action) once it ran out; the new chunk's
+    first `late` actions are then in the past and dropped, and the rest up to `horizon` run.
+    The new chunk past what has been executed becomes the next carry. `late` 0 is sync."""
+    tail = carry[:late]
+    if len(tail) < late:
+        tail = np.concatenate([tail, np.zeros((late - len(tail), full.shape[1]), full.dtype)])
+    return np.concatenate([tail, full[late:horizon]]), full[max(horizon, late):]
+
+
+@dataclass
+
+
+class Running:
+    task: int
+    init: int
+    seed: int
+    t0: float
+    latencies: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    calls: int = 0
+
+
+def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, execution: str = "sync",
+                 noise_seed: int | None = None, progress: bool = True, desc: str = "eval"):
+    """Run `plan` episodes and call `record(dict)` for each as it finishes.
+
+    `policy` is a Policy-like object (`infer`, `reset`, `needs_history`, `frame_stride`,
+    `action_horizon`, `last_latency_ms`) or the string "expert" / "random" (reference rows).
+    """
+    if policy == "random":
+        policy = RandomPolicy(spec.action_dim, spec.action_horizon or 8)
+    scripted = policy if isinstance(policy, str) else None
+    if execution not in ("sync", "async"):
+        raise UserError(f"--execution {execution!r}: expected sync or async")
+    pending = deque(plan)
+    pool = WorkerPool(spec, max(1, min(workers, len(plan))))
+    running: dict[int, Running] = {}
+    policies: dict[int, object] = {}
+    bar = tqdm(total=len(plan), disable=not progress, desc=desc, unit="ep", dynamic_ncols=True)
+    horizon = None if scripted else (spec.action_horizon or policy.action_horizon)
+    stride = 1 if scripted else policy.frame_stride
+    history = bool(not scripted and policy.needs_history)
+    carry: dict[int, np.ndarray] = {}  # async: actions still executing while the policy thinks
+
+    def start(i):
+        if not pending:
+            return
+        task, init, seed = pending.popleft()
+        running[i] = Running(task, init, seed, time.perf_counter())
+        pool.conns[i].send(("reset", task, init, seed, scripted is None))
+
+    def finish(i, payload: dict, error: str | None = None):
+        r = running.pop(i)
+        rec = {"task": spec.tasks[r.task].name, "task_index": r.task, "init_index": r.init, "seed": r.seed,
+               "success": None if error else payload["success"], "progress": None if error else payload["progress"],
+               "max_progress": payload.get("max_progress"), "steps": payload.get("steps", 0),
+               "latency_ms": r.latencies, "effective_steps": r.evals, "error": error,
+               "wall_s": time.perf_counter() - r.t0}
+        record(rec)
+        bar.update(1)
+        carry.pop(i, None)
+        start(i)
+
+    def act(ready: list[tuple[int, Observation, list]]):
+        """Infer for every worker whose observation is in, then send each its chunk."""
+        for i, obs, hist in ready:
+            r = running[i]
+            if scripted:
+                pool.conns[i].send(("scripted", scripted, r.seed))
+                continue
+            pol = policies.setdefault(i, _clone(policy))
+            if r.calls == 0:
+                pol.reset()
+            obs.history = hist
+            seed = None if noise_seed is None else noise_seed + r.calls
+            full = pol.infer(obs, noise_seed=seed)
+            r.latencies.append(pol.last_latency_ms)
+            r.evals.append(pol.last_evals)
+            r.calls += 1
+            late = 0  # the first call of an episode: the robot waits, nothing is stale yet
+            if execution == "async" and r.calls > 1:
+                late = stale_steps(pol.last_latency_ms, spec.control_hz)
+            chunk, carry[i] = async_chunk(full, carry.get(i, full[:0]), horizon, late)
+            pool.conns[i].send(("chunk", chunk, stride, history, True))
+
+    try:
+        for i in range(len(pool.conns)):
+            start(i)
+        while running:
+            ready_conns = wait([pool.conns[i] for i in running])
+            ready = []
+            for c in ready_conns:
+                i = pool.conns.index(c)
+                try:
+                    msg = c.recv()
+                except (EOFError, ConnectionResetError):  # the simulator took its process down
+                    pool.respawn(i)
+                    policies.pop(i, None)
+                    finish(i, {}, error="SimulatorError: environment worker process died")
+                    continue
+                if msg[0] == "obs":
+                    ready.append((i, msg[1], msg[2]))
+                elif msg[0] == "done":
+                    finish(i, msg[1])
+                elif msg[0] == "error":
+                    finish(i, {"steps": msg[3], "max_progress": msg[4]}, error=msg[1])
+            if ready:
+                act(ready)
+    finally:
+        bar.close()
+        pool.close()
+
+
+def _clone(policy):
+    """Per-episode policy state (dreamzero's observed-chunk cache) must not be shared by slots."""
+    if not getattr(policy, "needs_history", False):
+        return policy
+    import copy
+    clone = copy.copy(policy)
+    clone.reset()
+    return clone

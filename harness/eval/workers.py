@@ -1,0 +1,148 @@
+"""Environment worker processes and their typed messages.
+
+Simulators live in child processes (spawned: simulators and GL contexts don't survive fork).
+A worker executes an action chunk (rendering only at the policy's frame cadence and at the
+chunk's end) while the driver computes the next chunk for another worker. A simulator fault is
+reported as that episode's error, never as a task failure.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.config import SuiteSpec
+from harness.suites.base import Observation, make_env
+
+
+@dataclass
+
+
+class EpisodeState:
+    """What a worker tracks for the episode it is running."""
+    task_index: int
+    init_index: int
+    seed: int
+    steps: int = 0
+    max_progress: float = 0.0
+    done: bool = False
+
+
+def _observe(env, render):
+    obs = env.observe(render=render)
+    return Observation(obs.images, np.asarray(obs.state, np.float32), obs.instruction)
+
+
+def _worker(conn, spec: SuiteSpec, env_vars: dict):
+    """Runs in a child process: owns the simulators, answers reset / chunk / expert commands."""
+    os.environ.update(env_vars)
+    envs: dict[int, object] = {}
+    ep: EpisodeState | None = None
+    env = None
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            break
+        cmd = msg[0]
+        if cmd == "close":
+            break
+        try:
+            if cmd == "reset":
+                _, task, init, seed, render = msg
+                if task not in envs:
+                    envs[task] = make_env(spec, task)
+                env = envs[task]
+                env.reset(init, seed)
+                ep = EpisodeState(task, init, seed)
+                conn.send(("obs", _observe(env, render), []))
+            elif cmd == "chunk":  # execute actions; frames at cadence `stride` go into history
+                _, actions, stride, render_history, render_end = msg
+                history = []
+                for a in actions:
+                    env.step(np.asarray(a, np.float32))
+                    ep.steps += 1
+                    ep.max_progress = max(ep.max_progress, float(env.progress()))
+                    if env.success() or ep.steps >= spec.max_steps:
+                        ep.done = True
+                        break
+                    if render_history and ep.steps % stride == 0:
+                        history.append(env.observe(render=True).images)
+                if ep.done:
+                    conn.send(("done", _final(env, ep)))
+                else:
+                    obs = _observe(env, render_end)
+                    if render_history and history and obs.images:
+                        history[-1] = obs.images
+                    conn.send(("obs", obs, history))
+            elif cmd == "scripted":  # whole episode with the expert or uniform random actions
+                _, kind, rng_seed = msg
+                rng = np.random.default_rng(rng_seed)
+                while not ep.done:
+                    a = env.expert_action() if kind == "expert" else rng.uniform(-1, 1, spec.action_dim)
+                    env.step(np.asarray(a, np.float32))
+                    ep.steps += 1
+                    ep.max_progress = max(ep.max_progress, float(env.progress()))
+                    ep.done = env.success() or ep.steps >= spec.max_steps
+                conn.send(("done", _final(env, ep)))
+        except Exception as e:  # a simulator fault: report it, keep the worker alive
+            conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=3),
+                       ep.steps if ep else 0, ep.max_progress if ep else 0.0))
+            envs.pop(ep.task_index if ep else -1, None)  # rebuild that simulator next time
+    for e in envs.values():
+        try:
+            e.close()
+        except Exception:
+            pass
+
+
+def _final(env, ep: EpisodeState) -> dict:
+    return {"success": bool(env.success()), "progress": float(env.progress()),
+            "max_progress": max(ep.max_progress, float(env.progress())), "steps": ep.steps}
+
+
+class WorkerPool:
+    """Environment worker processes (spawned: simulators and GL contexts don't survive fork)."""
+
+    def __init__(self, spec: SuiteSpec, n: int):
+        self.spec = spec
+        self.ctx = mp.get_context("spawn")
+        env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_ASSETS") if k in os.environ}
+        env_vars.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.env_vars = env_vars
+        self.conns, self.procs = [], []
+        for _ in range(n):
+            self._spawn()
+
+    def _spawn(self, index: int | None = None):
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker, args=(child, self.spec, self.env_vars), daemon=True)
+        proc.start()
+        child.close()
+        if index is None:
+            self.conns.append(parent)
+            self.procs.append(proc)
+        else:
+            self.conns[index], self.procs[index] = parent, proc
+
+    def respawn(self, i: int):
+        """A worker died (segfault in a simulator): replace it."""
+        try:
+            self.procs[i].kill()
+        except Exception:
+            pass
+        self._spawn(i)
+
+    def close(self):
+        for c, p in zip(self.conns, self.procs):
+            try:
+                c.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
