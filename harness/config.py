@@ -1,8 +1,10 @@
 """Typed, key-locked specs loaded from YAML with `include:` inheritance.
 
 Everything declarative (variants, backbones, suites, optimization levels) is a dataclass here.
-Loading is strict: an unknown key is an error naming the key and the file, and an unknown
-name suggests the closest ones. This module never imports torch, so reading a config is cheap.
+Loading is strict: an unknown key is an error naming the key and the file, an unknown name
+suggests the closest ones, and an enum-like field (`one_of`) outside its choices names them, so
+a typo fails when the YAML loads, never at first use. This module never imports torch, so
+reading a config is cheap.
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -23,6 +26,31 @@ PACKAGE = Path(__file__).resolve().parent  # built-in variants/ and suites/ ship
 
 class ConfigError(ValueError):
     """A bad config: the message names the file, the key and what to do."""
+
+
+# --------------------------------------------------------------------------- token layouts (torch-free)
+
+@dataclass(frozen=True)
+class LayoutTraits:
+    """What loading a variant must know about its token layout, without importing torch. The
+    layout itself (training sequence, labels, cost, fake batch) is the class registered under
+    the same name in harness/model/layouts.py; a new layout is that class plus one line here."""
+    procedures: tuple[str, ...]   # the inference procedures that can sample a model of this layout
+    needs_history: bool = False   # inference reads the observed chunks (chunk-autoregressive: the DreamZero kind)
+
+
+LAYOUTS: dict[str, LayoutTraits] = {
+    "fastwam": LayoutTraits(("prefill_action", "joint")),
+    "idm": LayoutTraits(("video_then_action",)),
+    "dreamzero": LayoutTraits(("chunk_autoregressive",), needs_history=True),
+}
+PROCEDURES = tuple(p for t in LAYOUTS.values() for p in t.procedures)
+
+
+def one_of(default: str, choices, pattern: str | None = None):
+    """A string field whose value is checked when the spec loads (`choices`, or a regex `pattern`
+    described by `choices`)."""
+    return field(default=default, metadata={"choices": tuple(choices), "pattern": pattern})
 
 
 # --------------------------------------------------------------------------- strict dataclasses
@@ -66,20 +94,48 @@ def _convert(tp, value, where: str):
 
 
 def from_dict(cls, data: dict, where: str = ""):
-    """Build spec `cls` from `data`; unknown keys raise with a did-you-mean hint."""
+    """Build spec `cls` from `data`; unknown keys raise with a did-you-mean hint, a removed key
+    says why it went, and a value outside a field's choices names them."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
+            if key in getattr(cls, "RETIRED", {}):
+                raise ConfigError(f"{where or cls.__name__}: key '{key}' was removed ({cls.RETIRED[key]}); delete it")
             close = difflib.get_close_matches(str(key), names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"{where or cls.__name__}: unknown key '{key}'{hint}")
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
     try:
-        return cls(**kwargs)
+        spec = cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
+    _check_choices(spec, where or cls.__name__)
+    return spec
+
+
+def _check_choices(spec, where: str) -> None:
+    for f in dataclasses.fields(spec):
+        choices, pattern = f.metadata.get("choices"), f.metadata.get("pattern")
+        value = getattr(spec, f.name)
+        if choices is None or (re.fullmatch(pattern, str(value)) if pattern else value in choices):
+            continue
+        close = [] if pattern else difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{where}: {f.name} '{value}' is not one of {' | '.join(choices)}{hint}")
+    problem = spec.problem() if hasattr(spec, "problem") else None
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+
+
+def drop_retired(cls, data: dict) -> dict:
+    """`data` without the keys `cls` (and its nested specs) no longer has: an old checkpoint's
+    stored config keeps loading after a field that did nothing was removed."""
+    hints = typing.get_type_hints(cls)
+    retired = getattr(cls, "RETIRED", {})
+    return {k: drop_retired(hints[k], v) if k in hints and _is_spec(hints[k]) and isinstance(v, dict) else v
+            for k, v in data.items() if k not in retired}
 
 
 def to_dict(spec) -> dict:
@@ -112,7 +168,7 @@ def override(spec, dotted: dict[str, Any]):
 
 @dataclass
 class CodecSpec:
-    kind: str = "pixel"          # pixel | wan_vae
+    kind: str = one_of("pixel", ("pixel", "wan_vae"))
     image_size: int = 32         # frames are resized to this square size before encoding
     patch: int = 4               # pixel-unshuffle factor: latent = (3·p², S/p, S/p)
     path: str | None = None      # wan_vae: local diffusers folder
@@ -120,7 +176,7 @@ class CodecSpec:
 
 @dataclass
 class TextSpec:
-    kind: str = "hashed"         # hashed | t5
+    kind: str = one_of("hashed", ("hashed", "t5"))
     vocab: int = 4096
     max_tokens: int = 16
     path: str | None = None      # t5: local transformers folder
@@ -141,7 +197,7 @@ class BackboneSpec:
     text: TextSpec = field(default_factory=TextSpec)
     rope_theta: float = 10000.0
     weights: str | None = None   # diffusers Wan transformer folder to import into the video expert
-    action_init: str = "random"  # random | interpolate (action expert from the video expert's weights)
+    action_init: str = one_of("random", ("random", "interpolate"))  # interpolate: action expert from the video expert's weights
 
 
 @dataclass
@@ -157,12 +213,13 @@ class ChunkSpec:
 class LossSpec:
     video: float = 1.0
     action: float = 1.0
-    sigma_weighting: str = "none"  # none | bell
+    sigma_weighting: str = one_of("none", ("none", "bell"))  # harness/model/flow.py loss_weight
 
 
 @dataclass
 class SigmaSpec:
-    mode: str = "independent"    # independent | per_chunk
+    """Training noise levels. Which tokens share a σ (per modality, or per chunk) is the layout's."""
+    RETIRED: ClassVar[dict] = {"mode": "which tokens share a σ is chosen by the layout"}
     shift: float = 5.0
     video_beta_alpha: float | None = None  # dreamzero-flash: σ_video ~ Beta(α, 1)
     cond_noise_prob: float = 0.5           # fastwam-idm: chance the conditioning copy is noised
@@ -170,7 +227,7 @@ class SigmaSpec:
 
 @dataclass
 class InferenceSpec:
-    procedure: str = "prefill_action"  # prefill_action | joint | video_then_action | chunk_autoregressive
+    procedure: str = one_of("prefill_action", PROCEDURES)  # and one its layout accepts (config.LAYOUTS)
     steps: int = 10
     shift: float = 5.0
     cfg_scale: float = 1.0       # classifier-free guidance, video only
@@ -179,7 +236,7 @@ class InferenceSpec:
 
 @dataclass
 class TrainSpec:
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -190,18 +247,19 @@ class TrainSpec:
     checkpoint_every: int = 250
     log_every: int = 10
     seed: int = 0
-    precision: str = "fp32"       # fp32 | bf16 (autocast on CUDA)
+    precision: str = one_of("fp32", ("fp32", "bf16"))  # bf16: autocast on CUDA
     grad_checkpointing: bool = False
-    device: str = "auto"          # auto (cuda if available) | cpu | cuda[:N]
+    device: str = one_of("auto", ("auto", "cpu", "cuda", "cuda:N"), r"auto|cpu|cuda(:\d+)?")  # auto: cuda if available
 
 
 @dataclass
 class VariantSpec:
     """A variant is data: backbone + layout + mask + losses + σ sampling + inference."""
+    RETIRED: ClassVar[dict] = {"flash_trained": "a level applies where the variant lists it in opt_levels"}
     name: str = ""
     description: str = ""
     backbone: str = "tiny"
-    layout: str = "fastwam"      # fastwam | idm | dreamzero: which token groups the sequence holds
+    layout: str = one_of("fastwam", LAYOUTS)  # which token groups a training sequence holds (harness/model/layouts.py)
     mask: dict[str, list[str]] = field(default_factory=dict)  # query group -> ["key group[:relation]"]
     drop_future: bool = False    # fastwam-no-cotrain: F+ cannot reach A and has no loss, so drop it
     loss: LossSpec = field(default_factory=LossSpec)
@@ -210,7 +268,17 @@ class VariantSpec:
     chunk: ChunkSpec = field(default_factory=ChunkSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     opt_levels: list[str] = field(default_factory=lambda: ["O0-eager", "O1-kvcache"])
-    flash_trained: bool = False  # trained with the Flash schedule (O6 applies as the real thing)
+
+    @property
+    def traits(self) -> LayoutTraits:
+        return LAYOUTS[self.layout]
+
+    def problem(self) -> str | None:
+        """What is inconsistent across fields (checked on load), or None."""
+        if self.inference.procedure not in self.traits.procedures:
+            return (f"inference.procedure '{self.inference.procedure}' cannot sample layout '{self.layout}'; "
+                    f"it accepts {' | '.join(self.traits.procedures)}")
+        return None
 
 
 @dataclass
@@ -223,6 +291,7 @@ class TaskSpec:
 @dataclass
 class SuiteSpec:
     """A benchmark suite: tasks and the exact protocol (suites/*.yaml)."""
+    RETIRED: ClassVar[dict] = {"seeds": "a cell's seed (--seed, --seeds) picks the episode seeds"}
     name: str = ""
     description: str = ""
     adapter: str = "tabletop"    # tabletop | libero | robotwin
@@ -238,7 +307,6 @@ class SuiteSpec:
     action_dim: int = 4
     state_dim: int = 4
     action_horizon: int | None = None  # overrides the variant's when set
-    seeds: list[int] = field(default_factory=lambda: [0])
     options: dict[str, Any] = field(default_factory=dict)  # adapter-specific protocol settings
 
 
@@ -252,7 +320,7 @@ class OptLevelSpec:
     dit_cache: bool = False
     dit_cache_rule: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
-    precision: str = "fp32"      # fp32 | bf16 | int8 | fp8
+    precision: str = one_of("fp32", ("fp32", "bf16", "int8", "fp8"))
     steps: int | None = None     # O6: force this many denoising steps
 
 
@@ -379,8 +447,8 @@ class ResolvedVariant:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ResolvedVariant":
-        return cls(from_dict(VariantSpec, d["variant"], "checkpoint config.variant"),
-                   from_dict(BackboneSpec, d["backbone"], "checkpoint config.backbone"))
+        return cls(from_dict(VariantSpec, drop_retired(VariantSpec, d["variant"]), "checkpoint config.variant"),
+                   from_dict(BackboneSpec, drop_retired(BackboneSpec, d["backbone"]), "checkpoint config.backbone"))
 
     @property
     def hash(self) -> str:
