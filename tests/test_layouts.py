@@ -54,3 +54,47 @@ def test_training_loss_unchanged_by_the_layout_refactor(name, weighting):
     out = seeded_model(rv).loss(fixed_batch(rv), torch.Generator().manual_seed(3))
     got = (out["loss"].item(), out["loss_video"].item(), out["loss_action"].item())
     assert got == pytest.approx(PINNED[(name, weighting)], abs=1e-6, rel=0)
+
+
+def test_every_layout_is_one_registered_class_with_its_traits():
+    from harness.config import LAYOUTS
+    from harness.model.layouts import LAYOUT_CLASSES, Layout, register
+    assert set(LAYOUT_CLASSES) == set(LAYOUTS)
+    assert [n for n in LAYOUT_CLASSES if LAYOUT_CLASSES[n].needs_history] == ["dreamzero"]
+
+    class Unlisted(Layout):
+        name = "unlisted"
+    with pytest.raises(TypeError, match="config.LAYOUTS"):
+        register(Unlisted)
+
+
+@pytest.mark.parametrize("name,cost", [("fastwam", 4.0), ("fastwam-joint", 4.0), ("fastwam-no-cotrain", 2.0),
+                                       ("fastwam-idm", 7.0), ("dreamzero", 11.0), ("dreamzero-flash", 11.0)])
+def test_cost_is_frames_plus_actions_over_8_of_the_training_sequence(name, cost):
+    """The grid's queue order (`train_cost`) asks the layout; values as the grid's old formula gave."""
+    from harness.scale.grid import GridOptions, train_cost
+    rv = resolve_variant(name)
+    m = WorldActionModel(rv, 4, 4)
+    assert m.layout.cost(rv.variant) == cost == train_cost(GridOptions(variants=[name]), name, 0)
+    labels = m.layout.labels(rv.variant, 1)  # one token a frame: the sequence's frames and actions
+    assert (labels.group != "A").sum() + (labels.group == "A").sum() / 8 == cost
+
+
+@pytest.mark.parametrize("name", ["fastwam-no-cotrain", "fastwam-idm", "dreamzero"])
+def test_fake_batch_trains_and_its_sequence_matches_the_labels(name):
+    rv = resolve_variant(name)
+    m = seeded_model(rv)
+    batch = m.layout.fake_batch(rv, 2, 4, 4)
+    assert batch["frames"].dtype == torch.uint8 and len(batch["task"]) == 2
+    loss = m.loss(batch, torch.Generator().manual_seed(0))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and m.net.action_out.weight.grad.abs().sum() > 0
+    lat = m.codec.encode(batch["frames"])
+    seq = m.layout.sequence(m, lat, torch.randn(lat.shape), ~batch["frame_pad"], None)
+    video = seq.labels.group != "A"
+    assert seq.video.x.shape[1] == video.sum() == seq.video.pos.shape[0] == seq.video.sigma.shape[1]
+    assert seq.action_sigma.shape == (2, (~video).sum())
+    clean = torch.from_numpy(seq.labels.group[video] == "F0") | torch.from_numpy(seq.labels.group[video] == "C")
+    assert (seq.video.sigma[:, clean] == 0).all()  # clean context carries σ = 0 ...
+    assert seq.video_target.shape[1] == seq.video_ok.shape[1] == seq.video_sigma.shape[1] \
+        == len(range(*seq.video_scored.indices(seq.video.x.shape[1])))  # ... and only the noisy part is scored

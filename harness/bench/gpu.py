@@ -48,18 +48,6 @@ def _sync(torch, device):
         torch.cuda.synchronize()
 
 
-def _batch(torch, rv, batch_size, device):
-    ch, s = rv.variant.chunk, rv.backbone.codec.image_size
-    nf, na = 1 + ch.chunks * ch.latent_frames, ch.chunks * ch.actions
-    g = np.random.default_rng(0)
-    return {"frames": torch.from_numpy(g.integers(0, 256, (batch_size, nf, s, s, 3), dtype=np.uint8)).to(device),
-            "frame_pad": torch.zeros(batch_size, nf, dtype=torch.bool, device=device),
-            "actions": torch.randn(batch_size, na, ACTION, device=device),
-            "action_pad": torch.zeros(batch_size, na, dtype=torch.bool, device=device),
-            "state": torch.randn(batch_size, STATE, device=device),
-            "task": ["put the red cube in the basket"] * batch_size}
-
-
 def _one(torch, reg, name, backbone, device, quick) -> dict:
     from harness.config import resolve_variant
     from harness.model.wam import InferOptions, WorldActionModel
@@ -79,7 +67,7 @@ def _one(torch, reg, name, backbone, device, quick) -> dict:
             model = WorldActionModel(rv, ACTION, STATE).to(device)
             row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
-            batch = _batch(torch, rv, batch_size, device)
+            batch = model.layout.fake_batch(rv, batch_size, ACTION, STATE, device)
             warm, n = (1, 1) if quick else (2, 5)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
@@ -101,7 +89,7 @@ def _one(torch, reg, name, backbone, device, quick) -> dict:
             lat = model.codec.encode(batch["frames"][:1, :1])
             ch = rv.variant.chunk
             blocks = None
-            if rv.variant.layout == "dreamzero":
+            if model.layout.needs_history:
                 blocks = [model.codec.encode(batch["frames"][:1, 1:1 + ch.latent_frames]).flatten(1, 2)]
             times = []
             for i in range(1 + (2 if quick else 10)):

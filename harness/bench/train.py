@@ -15,20 +15,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness.config import resolve_variant
 
 
-def synthetic_batch(rv, batch: int, action_size: int = 4, state_size: int = 4) -> dict:
-    """A batch shaped like `WindowSampler` output (values don't change the cost)."""
-    ch, size = rv.variant.chunk, rv.backbone.codec.image_size
-    F = ch.chunks * ch.latent_frames
-    H = ch.chunks * ch.actions
-    g = torch.Generator().manual_seed(0)
-    return {"frames": torch.randint(0, 255, (batch, 1 + F, size, size, 3), dtype=torch.uint8, generator=g),
-            "frame_pad": torch.zeros(batch, 1 + F, dtype=torch.bool),
-            "actions": torch.randn(batch, H, action_size, generator=g),
-            "action_pad": torch.zeros(batch, H, dtype=torch.bool),
-            "state": torch.randn(batch, state_size, generator=g),
-            "task": ["pick up the red cube and place it on the yellow pad"] * batch}
-
-
 def matmul_flops_per_s(n: int = 512, reps: int = 20) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
@@ -81,7 +67,7 @@ def measure(args) -> dict:
         torch.manual_seed(0)
         model = WorldActionModel(rv, 4, 4)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        batch = synthetic_batch(rv, batch_size)
+        batch = model.layout.fake_batch(rv, batch_size)
         step = step_fn(model, opt, batch)
         step()  # warm-up
         with FlopCounterMode(display=False) as fc:

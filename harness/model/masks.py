@@ -40,6 +40,11 @@ class Labels:
         return Labels(np.full(n, group, dtype=object), np.full(n, chunk, dtype=np.int64), frame.copy())
 
     @staticmethod
+    def frames(group: str, frames: list[int], per_frame: int, chunk: int = 0) -> "Labels":
+        """Video tokens: `per_frame` tokens for each of `frames`, in order."""
+        return Labels.of(group, per_frame * len(frames), chunk, np.repeat(np.asarray(frames, dtype=np.int64), per_frame))
+
+    @staticmethod
     def cat(parts: list["Labels"]) -> "Labels":
         parts = [p for p in parts if len(p)]
         if not parts:

@@ -33,22 +33,10 @@ def main(args) -> int:
     with torch.device("meta"):  # no memory used, even for wan22-5b
         m = WorldActionModel(rv, 7, 8)
     print(f"parameters: {sum(p.numel() for p in m.parameters()):,}")
-    labels = _training_labels(m)
+    labels = m.layout.labels(m.v, m.tokens_per_frame)
+    print(f"layout: {m.v.layout}; procedures: {' | '.join(m.layout.procedures)}; "
+          f"needs observed history: {'yes' if m.layout.needs_history else 'no'}")
     print("mask (training sequence; rows attend to columns):")
     print(render(m.mask(labels, labels), labels, labels))
     return 0
 
-
-def _training_labels(m):
-    from harness.model.masks import Labels
-    ch, lf = m.v.chunk, m.v.chunk.latent_frames
-    if m.v.layout == "dreamzero":
-        fr = lambda i: list(range(1 + (i - 1) * lf, 1 + i * lf))  # noqa: E731
-        K = ch.chunks
-        return Labels.cat([m.video_labels("F0", [0])] + [m.video_labels("C", fr(i), i) for i in range(1, K + 1)]
-                          + [m.video_labels("N", fr(i), i) for i in range(1, K + 1)] + [m.action_labels(i) for i in range(1, K + 1)])
-    if m.v.layout == "idm":
-        f = list(range(1 + lf))
-        return Labels.cat([m.video_labels("V", f), m.video_labels("W", f), m.action_labels()])
-    fut = [] if m.v.drop_future else [m.video_labels("F+", list(range(1, 1 + lf)))]
-    return Labels.cat([m.video_labels("F0", [0])] + fut + [m.action_labels()])

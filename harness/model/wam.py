@@ -1,12 +1,8 @@
 """A World Action Model = the shared backbone + a variant spec. One class for every variant.
 
-The variant's `layout` says which token groups a training sequence holds, `mask` how they may
-attend, `sigma` how noise is drawn, `loss` how the two losses combine, and `inference.procedure`
-how actions are sampled. Layouts:
-
-    fastwam    [F0 | F+ | A]                         (F+ dropped when `drop_future`)
-    idm        [V = F0,F+ noisy | W = F0,F+ cond copy | A]
-    dreamzero  [F0 | C1..CK clean | N1..NK noisy | A1..AK]   (chunk i: block Ci/Ni + actions Ai)
+The variant's `layout` (harness/model/layouts.py) builds the training sequence — which token
+groups it holds, their σ, what is scored —, `mask` says how they may attend, `sigma` how noise
+is drawn, `loss` how the two losses combine, and `inference.procedure` how actions are sampled.
 
 Inference options (`InferOptions`) carry the optimization level: K/V reuse of the clean
 context, batched CFG, DiT caching, step count.
@@ -17,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +20,7 @@ import torch.nn.functional as F
 from harness.model import flow
 from harness.model.backbone import MoTDiT, Tokens, make_codec
 from harness.config import ResolvedVariant
+from harness.model.layouts import layout
 from harness.model.masks import Labels, build_mask
 
 
@@ -120,6 +116,7 @@ class WorldActionModel(nn.Module):
     def __init__(self, rv: ResolvedVariant, action_size: int, state_size: int, stats: dict | None = None):
         super().__init__()
         self.rv, self.v, self.b = rv, rv.variant, rv.backbone
+        self.layout = layout(self.v.layout)   # the training sequence, labels, cost (model/layouts.py)
         self.codec = make_codec(self.b)
         self.net = MoTDiT(self.b, self.codec.channels, action_size, state_size)
         self.action_size, self.state_size = action_size, state_size
@@ -145,8 +142,7 @@ class WorldActionModel(nn.Module):
         return self.codec.grid ** 2
 
     def video_labels(self, group: str, frames: list[int], chunk: int = 0) -> Labels:
-        g = self.tokens_per_frame
-        return Labels.of(group, g * len(frames), chunk, np.repeat(np.asarray(frames), g))
+        return Labels.frames(group, frames, self.tokens_per_frame, chunk)
 
     def action_labels(self, chunk: int = 0, n: int | None = None) -> Labels:
         return Labels.of("A", n or self.v.chunk.actions, chunk)
@@ -168,92 +164,27 @@ class WorldActionModel(nn.Module):
     forward = loss  # so DDP/FSDP wrappers see the training computation
 
     def _loss(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        v, ch = self.v, self.v.chunk
-        frames = batch["frames"]
-        B = frames.shape[0]
-        lat = self.codec.encode(frames)                        # (B, 1+F, g², C)
+        v = self.v
+        lat = self.codec.encode(batch["frames"])               # (B, 1+F, g², C)
         act = self.norm_action(batch["actions"])               # (B, K·H, A)
         prompts = [None if torch.rand((), generator=generator) < v.train.text_dropout else t for t in batch["task"]]
         ctx = self.context(prompts, batch["state"])
-        frame_ok = ~batch["frame_pad"]                          # (B, 1+F)
-        act_ok = (~batch["action_pad"]).float()
-        g = self.tokens_per_frame
-        draw = lambda shape: flow.sample_sigma(shape, v.sigma.shift, generator)  # noqa: E731
         eps_v = torch.randn(lat.shape, generator=generator)
         eps_a = torch.randn(act.shape, generator=generator)
-        K, lf, H = ch.chunks, ch.latent_frames, ch.actions
-
-        if v.layout == "dreamzero":
-            sig_a = draw((B, K))
-            sig_v = flow.sample_beta_sigma((B, K), v.sigma.video_beta_alpha, generator) \
-                if v.sigma.video_beta_alpha else sig_a
-            fut = lat[:, 1:]                                       # (B, K·lf, g², C)
-            sv_tok = sig_v.repeat_interleave(lf * g, dim=1)[..., None]   # (B, K·lf·g², 1)
-            fut_flat = fut.flatten(1, 2)
-            noisy = flow.add_noise(fut_flat, sv_tok, eps_v[:, 1:].flatten(1, 2))
-            video_x = torch.cat([lat[:, 0], fut_flat, noisy], dim=1)
-            video_sig = torch.cat([torch.zeros(B, g * (1 + K * lf)), sv_tok[..., 0]], dim=1)
-            frames_of = lambda i: list(range(1 + (i - 1) * lf, 1 + i * lf))  # noqa: E731
-            vl = Labels.cat([self.video_labels("F0", [0])]
-                            + [self.video_labels("C", frames_of(i), i) for i in range(1, K + 1)]
-                            + [self.video_labels("N", frames_of(i), i) for i in range(1, K + 1)])
-            vpos = torch.cat([self.codec.positions([0])] + [self.codec.positions(frames_of(i)) for i in range(1, K + 1)] * 2)
-            sa_tok = sig_a.repeat_interleave(H, dim=1)[..., None]
-            al = Labels.cat([self.action_labels(i) for i in range(1, K + 1)])
-            target_v = flow.velocity(fut_flat, eps_v[:, 1:].flatten(1, 2))
-            pred_slice = slice(g * (1 + K * lf), None)
-            vid_ok = frame_ok[:, 1:].repeat_interleave(g, dim=1).float()
-            vid_sig_loss = sv_tok[..., 0]
-        elif v.layout == "idm":
-            sig_v, sig_a = draw((B, 1)), draw((B, 1))
-            sig_c = draw((B, 1)) * (torch.rand((B, 1), generator=generator) < v.sigma.cond_noise_prob)
-            n_fut = lat.shape[1] - 1
-            fut = lat[:, 1:].flatten(1, 2)
-            e_fut = eps_v[:, 1:].flatten(1, 2)
-            noisy = flow.add_noise(fut, sig_v[..., None], e_fut)
-            cond = flow.add_noise(fut, sig_c[..., None], torch.randn(fut.shape, generator=generator))
-            video_x = torch.cat([lat[:, 0], noisy, lat[:, 0], cond], dim=1)
-            nf = n_fut * g
-            video_sig = torch.cat([torch.zeros(B, g), sig_v.expand(B, nf), torch.zeros(B, g), sig_c.expand(B, nf)], dim=1)
-            frames = list(range(1 + n_fut))
-            vl = Labels.cat([self.video_labels("V", frames), self.video_labels("W", frames)])
-            vpos = torch.cat([self.codec.positions(frames)] * 2)
-            sa_tok = sig_a.expand(B, act.shape[1])[..., None]
-            al = self.action_labels(0, act.shape[1])
-            target_v = flow.velocity(fut, e_fut)
-            pred_slice = slice(g, g + nf)
-            vid_ok = frame_ok[:, 1:].repeat_interleave(g, dim=1).float()
-            vid_sig_loss = sig_v.expand(B, nf)
-        else:  # fastwam
-            sig_v, sig_a = draw((B, 1)), draw((B, 1))
-            if v.drop_future:
-                lat, eps_v, frame_ok = lat[:, :1], eps_v[:, :1], frame_ok[:, :1]
-            n_fut = lat.shape[1] - 1
-            fut = lat[:, 1:].flatten(1, 2)
-            e_fut = eps_v[:, 1:].flatten(1, 2)
-            noisy = flow.add_noise(fut, sig_v[..., None], e_fut)
-            video_x = torch.cat([lat[:, 0], noisy], dim=1)
-            nf = n_fut * g
-            video_sig = torch.cat([torch.zeros(B, g), sig_v.expand(B, nf)], dim=1)
-            vl = Labels.cat([self.video_labels("F0", [0]), self.video_labels("F+", list(range(1, 1 + n_fut)))])
-            vpos = self.codec.positions(list(range(1 + n_fut)))
-            sa_tok = sig_a.expand(B, act.shape[1])[..., None]
-            al = self.action_labels(0, act.shape[1])
-            target_v = flow.velocity(fut, e_fut)
-            pred_slice = slice(g, None)
-            vid_ok = frame_ok[:, 1:].repeat_interleave(g, dim=1).float()
-            vid_sig_loss = sig_v.expand(B, nf)
-
-        noisy_a = flow.add_noise(act, sa_tok, eps_a)
-        labels = Labels.cat([vl, al])
-        mask = self.mask(labels, labels)
-        apos = torch.arange(act.shape[1])
-        out_v, out_a, _ = self.net(Tokens(video_x, vpos, video_sig), Tokens(noisy_a, apos, sa_tok[..., 0]), ctx, mask)
-        w_a = flow.loss_weight(sa_tok[..., 0], v.loss.sigma_weighting) * act_ok
+        seq = self.layout.sequence(self, lat, eps_v, ~batch["frame_pad"], generator)
+        if len(seq.labels) != seq.video.x.shape[1] + act.shape[1]:
+            raise ValueError(f"{v.name}: batch holds {act.shape[1]} actions and {lat.shape[1]} frames; "
+                             f"layout '{v.layout}' expects {len(seq.labels)} tokens in all")
+        sa = seq.action_sigma
+        noisy_a = flow.add_noise(act, sa[..., None], eps_a)
+        out_v, out_a, _ = self.net(seq.video, Tokens(noisy_a, torch.arange(act.shape[1]), sa), ctx,
+                                   self.mask(seq.labels, seq.labels))
+        # the loss itself is the same for every layout: σ-weighted MSE on velocities over valid tokens
+        w_a = flow.loss_weight(sa, v.loss.sigma_weighting) * (~batch["action_pad"]).float()
         loss_a = ((out_a - flow.velocity(act, eps_a)) ** 2).mean(-1).mul(w_a).sum() / w_a.sum().clamp_min(1)
-        if target_v.shape[1] and v.loss.video > 0:
-            w_v = flow.loss_weight(vid_sig_loss, v.loss.sigma_weighting) * vid_ok
-            loss_v = ((out_v[:, pred_slice] - target_v) ** 2).mean(-1).mul(w_v).sum() / w_v.sum().clamp_min(1)
+        if seq.video_target.shape[1] and v.loss.video > 0:
+            w_v = flow.loss_weight(seq.video_sigma, v.loss.sigma_weighting) * seq.video_ok
+            loss_v = ((out_v[:, seq.video_scored] - seq.video_target) ** 2).mean(-1).mul(w_v).sum() / w_v.sum().clamp_min(1)
         else:
             loss_v = torch.zeros(())
         total = v.loss.video * loss_v + v.loss.action * loss_a

@@ -57,7 +57,7 @@ class Policy:
     @property
     def needs_history(self) -> bool:
         """Whether the evaluator must render frames at `frame_stride` cadence between calls."""
-        return self.procedure == "chunk_autoregressive"
+        return self.model.layout.needs_history
 
     @property
     def frame_stride(self) -> int:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.config import ConfigError, Registry
 from harness.errors import UserError
 from harness.results.papers import paper_ladder, paper_success_pct, papers
 from harness.results.stats import per_task, summarize
@@ -36,6 +38,16 @@ def _order(known: list[str], name: str, tail: list[str] = ()) -> tuple:
     if name in tail:
         return (2, tail.index(name), name)
     return (0, known.index(name), name) if name in known else (1, 0, name)
+
+
+@functools.cache
+def needs_history(variant: str) -> bool:
+    """Whether `variant`'s layout is the chunk-autoregressive (DreamZero) kind, whose paper ladder
+    the report sets beside it; False for a variant the built-in registry does not know."""
+    try:
+        return Registry().variant(variant).traits.needs_history
+    except ConfigError:
+        return False
 
 
 def level_order(level: str) -> tuple:
@@ -219,7 +231,7 @@ def ladder_rows(col: Collected) -> list[dict]:
             m = g.metrics
             p50, p95 = m["latency_ms"]["p50"], m["latency_ms"]["p95"]
             speed = base.metrics["latency_ms"]["p50"] / p50 if base and p50 and not g.na_reason else None
-            paper = ref.get(g.level, {}) if v.startswith("dreamzero") else {}
+            paper = ref.get(g.level, {}) if needs_history(v) else {}
             rows.append({
                 "variant": v, "suite": s, "level": g.level, "status": g.status, "n_episodes": m["n_episodes"],
                 "latency_p50_ms": _round(p50, 2), "latency_p95_ms": _round(p95, 2),
@@ -460,7 +472,7 @@ def plot_ladder(rows: list[dict], out: Path) -> str:
                 color=plt.cm.tab10(i % 10), label=f"{v} ({s})")
     ref = paper_ladder()
     px = [(levels.index(lvl), ref[lvl]["h100"]) for lvl in levels if lvl in ref and ref[lvl]["h100"]]
-    if px and any(v.startswith("dreamzero") for v, _ in series):
+    if px and any(needs_history(v) for v, _ in series):
         ax.plot(*zip(*px), "k--x", label="DreamZero paper (H100, over its baseline)")
     ax.set_xticks(range(len(levels)), levels, rotation=20)
     ax.set_ylabel("cumulative speed-up of p50 latency (×)")

@@ -110,11 +110,9 @@ def absolute(o: GridOptions) -> GridOptions:
 def train_cost(o: GridOptions, variant: str, seed: int) -> float:
     """A training's relative cost (frames per sample, plus its actions at a frame per 8): the
     trainings are queued longest first, so the last to start on a small machine is a short one."""
+    from harness.model.layouts import layout
     v = resolved(o, variant, seed).variant
-    ch = v.chunk
-    fut = ch.chunks * ch.latent_frames
-    frames = {"dreamzero": 1 + 2 * fut, "idm": 2 * (1 + fut)}.get(v.layout, 1 + (0 if v.drop_future else fut))
-    return frames + ch.chunks * ch.actions / 8
+    return layout(v.layout).cost(v)
 
 
 def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
