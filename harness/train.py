@@ -90,7 +90,7 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
     start = 0
     if last.exists():
         sd, old_meta, opt_sd = checkpoint.load(last)
-        if old_meta.get("config_hash") != rv.hash:
+        if ResolvedVariant.from_dict(old_meta["config"]).hash != rv.hash:  # read as today's schema: retired keys dropped
             raise UserError(f"{out} holds a checkpoint of a different config ({old_meta.get('config_hash')} vs "
                             f"{rv.hash}); use another --out or delete it")
         model.load_state_dict(sd)

@@ -114,3 +114,21 @@ def test_old_checkpoint_with_removed_keys_still_loads(tmp_path):
     assert policy.model.rv == ResolvedVariant.from_dict(old) == rv
     assert all(torch.equal(a, b) for a, b in zip(policy.model.state_dict().values(), model.state_dict().values()))
     assert policy.needs_history
+
+
+def test_training_dir_from_before_the_removed_keys_resumes_without_retraining(toy_dataset, tmp_path):
+    """A finished train cell whose checkpoint (and hash) still hold sigma.mode is the same config:
+    `train` finds it done instead of refusing it as another config, and leaves the weights alone."""
+    from harness.policy import checkpoint
+    from harness.train import train
+    rv = resolve_variant("fastwam")
+    rv = ResolvedVariant(override(rv.variant, {"train.steps": 2, "train.batch_size": 2}), rv.backbone)
+    train(rv, toy_dataset, tmp_path, progress=False)
+    sd, meta, opt = checkpoint.load(tmp_path / "last.safetensors")
+    meta["config"]["variant"]["sigma"]["mode"] = "independent"
+    meta["config_hash"] = "0123456789abcdef"  # as the old schema hashed it
+    model = checkpoint.build_model(meta, sd)
+    checkpoint.save(tmp_path / "last.safetensors", model, meta)
+    before = (tmp_path / "last.safetensors").read_bytes()
+    res = train(rv, toy_dataset, tmp_path, progress=False)
+    assert res.resumed_from == 2 and (tmp_path / "last.safetensors").read_bytes() == before
