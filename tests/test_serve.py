@@ -41,8 +41,8 @@ def random_checkpoint(path: Path, name: str, steps: int = 3) -> Path:
     return checkpoint.save(path, model, meta)
 
 
-def start_server(ckpt: Path, log: Path, *args: str):
-    cmd = [sys.executable, "-m", "harness.cli", "serve", "--checkpoint", str(ckpt), "--host", "127.0.0.1",
+def start_server(ckpt: Path, log: Path, *args: str, cli: list[str] = ()):
+    cmd = [sys.executable, "-m", "harness.cli", *cli, "serve", "--checkpoint", str(ckpt), "--host", "127.0.0.1",
            "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -77,6 +77,7 @@ def server(dz_ckpt, tmp_path_factory):
 
 @pytest.fixture
 def openpi_client(monkeypatch):
+    """The published client, from its side folder (its numpy<2 pin is why it is not a dependency)."""
     if not (OPENPI / "openpi_client").is_dir():
         pytest.skip(f"openpi-client not installed in {OPENPI} (make test's set-up installs it with --no-deps)")
     monkeypatch.syspath_prepend(str(OPENPI))
@@ -97,7 +98,7 @@ def in_process(ckpt, req: dict, noise_seed: int = 0) -> np.ndarray:
 
 
 def connect(port):
-    ws = websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None)
+    ws = websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None).__enter__()
     return ws, wire.unpackb(ws.recv())
 
 
@@ -165,28 +166,43 @@ def test_client_leaving_mid_episode_affects_no_one(server, dz_ckpt):
     stay.close()
 
 
+def short_tabletop(root: Path) -> Path:
+    """An --include-path folder with `tabletop-short`: two tasks, 24 control steps (3 chunks)."""
+    import yaml
+    d = yaml.safe_load((Path(__file__).parents[1] / "harness" / "suites" / "tabletop.yaml").read_text())
+    d.update(name="tabletop-short", tasks=d["tasks"][:2], max_steps=24)
+    (root / "suites").mkdir(parents=True)
+    (root / "suites" / "tabletop-short.yaml").write_text(yaml.safe_dump(d))
+    return root
+
+
 def test_eval_server_writes_the_same_records_as_in_process(dz_ckpt, tmp_path):
-    """Same seeds, one worker (so every call is a batch of one on both sides): identical episodes."""
-    proc, port = start_server(dz_ckpt, tmp_path / "server.log", "--max-batch", "4")
+    """Same seeds, one worker (so every call is a batch of one on both sides): identical episodes,
+    dreamzero's observed frames travelling over the wire."""
+    inc = ["--include-path", str(short_tabletop(tmp_path / "inc"))]
+    proc, port = start_server(dz_ckpt, tmp_path / "server.log", "--max-batch", "4", "--suite", "tabletop-short",
+                              cli=inc)
     try:
-        base = [sys.executable, "-m", "harness.cli", "eval", "--suite", "tabletop", "--episodes", "1",
-                "--workers", "1", "--experiment", "x"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        local = subprocess.run(base + ["--checkpoint", str(dz_ckpt), "--root", str(tmp_path / "a")],
-                               env=env, capture_output=True, text=True, timeout=300)
-        assert local.returncode == 0, local.stderr[-1500:]
-        remote = subprocess.run(base + ["--server", f"ws://127.0.0.1:{port}", "--root", str(tmp_path / "b")],
-                                env=env, capture_output=True, text=True, timeout=300)
+        from harness.config import Registry
+        from harness.eval.cell import evaluate_cell
+        from harness.results.store import CellKey, Store
+        spec = Registry([str(tmp_path / "inc")]).suite("tabletop-short")
+        evaluate_cell(Store(tmp_path / "a").cell(CellKey("x", "dreamzero", spec.name, 0, "O1-kvcache")), spec,
+                      load_policy(dz_ckpt), checkpoint_path=dz_ckpt, episodes_per_task=1, workers=1, progress=False)
+        cmd = [sys.executable, "-m", "harness.cli", *inc, "eval", "--suite", "tabletop-short", "--episodes", "1",
+               "--workers", "1", "--experiment", "x", "--server", f"ws://127.0.0.1:{port}", "--root", str(tmp_path / "b")]
+        remote = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                                timeout=300)
         assert remote.returncode == 0, remote.stderr[-1500:]
     finally:
         stop(proc)
-    cell = Path("x/dreamzero/tabletop/seed0/O1-kvcache/episodes.jsonl")
+    cell = Path("x/dreamzero/tabletop-short/seed0/O1-kvcache/episodes.jsonl")
     a = [json.loads(x) for x in (tmp_path / "a" / cell).read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "b" / cell).read_text().splitlines()]
     same = ("episode_id", "task", "seed", "success", "progress", "max_progress", "steps", "effective_steps",
             "forward_passes", "batch_size", "error")
     key = lambda e: e["episode_id"]  # noqa: E731
-    assert len(a) == len(b) == 4 and all(e["steps"] > 8 for e in a)
+    assert len(a) == len(b) == 2 and all(e["steps"] > 8 and len(e["latency_ms"]) > 1 for e in a)
     assert [{k: e[k] for k in same} for e in sorted(a, key=key)] == [{k: e[k] for k in same} for e in sorted(b, key=key)]
     res = json.loads((tmp_path / "b" / cell).with_name("result.json").read_text())
     assert res["checkpoint"]["sha256"] == checkpoint.file_sha256(dz_ckpt)

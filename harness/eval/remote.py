@@ -22,7 +22,8 @@ class Session:
     def __init__(self, url: str):
         import websockets.sync.client
         try:
-            self.ws = websockets.sync.client.connect(url, compression=None, max_size=None, open_timeout=30)
+            # held open across calls (not a `with` block): entering it says so to websockets >= 17.1
+            self.ws = websockets.sync.client.connect(url, compression=None, max_size=None, open_timeout=30).__enter__()
         except (OSError, TimeoutError) as e:
             raise UserError(f"--server {url}: cannot connect ({e}); is `wam-bench serve` running there?") from None
         self.metadata = wire.unpackb(self.ws.recv())
