@@ -92,3 +92,33 @@ def test_forward_passes_count_cfg_and_prefill(models):
         o = m.sample(lat, state, prompts, opts, [0], blocks)
         counts[lv] = (o["effective_steps"][0], o["forward_passes"][0])
     assert counts == {"O0-eager": (4, 8), "O1-kvcache": (4, 10), "O2-cfg-batch": (4, 5)}
+
+
+def test_rollout_batches_across_workers_and_envs(tmp_path):
+    """Dynamic batching in the evaluator, two environments per worker process: calls really run
+    in batches, each record says at which size, and the episodes match one-at-a-time evaluation."""
+    import dataclasses
+
+    from harness.eval.rollout import episode_plan, run_episodes
+    from harness.policy.policy import Policy
+    from harness.config import ResolvedVariant, override, resolve_variant
+    from harness.model.wam import WorldActionModel
+    spec = dataclasses.replace(REG.suite("tabletop"), max_steps=16)
+    rv = resolve_variant("fastwam")
+    rv = ResolvedVariant(override(rv.variant, {"inference.steps": 3}), rv.backbone)
+    torch.manual_seed(0)
+    policy = Policy(WorldActionModel(rv, spec.action_dim, spec.state_dim).eval(), {"camera": "front"})
+    plan = episode_plan(spec, 0, 1)
+    runs = {}
+    for name, kw in (("one", dict(workers=1, max_batch=1)),
+                     ("batched", dict(workers=2, envs_per_worker=2, max_batch=4, max_wait_ms=2000))):
+        recs = []
+        run_episodes(spec, plan, policy, recs.append, noise_seed=0, progress=False, **kw)
+        runs[name] = {r["seed"]: r for r in recs}
+    assert all(b == 1 for r in runs["one"].values() for b in r["batch_size"])
+    assert max(b for r in runs["batched"].values() for b in r["batch_size"]) >= 2
+    for seed, a in runs["one"].items():
+        b = runs["batched"][seed]
+        assert a["steps"] == b["steps"] and abs(a["progress"] - b["progress"]) < 1e-3 and b["error"] is None
+        assert len(b["latency_ms"]) == len(b["batch_size"]) == len(b["forward_passes"]) == len(b["effective_steps"])
+        assert b["effective_steps"] == a["effective_steps"] == [3] * len(a["effective_steps"])

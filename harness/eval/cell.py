@@ -17,7 +17,8 @@ from harness.eval.rollout import episode_plan, run_episodes
 def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, checkpoint_path=None,
                   episodes_per_task: int | None = None, workers: int = 2, execution: str = "sync",
                   noise_seed: int | None = 0, progress: bool = True, extra: dict | None = None,
-                  max_batch: int = 8, max_wait_ms: float = 5.0, checkpoint_sha256: str | None = None):
+                  max_batch: int = 8, max_wait_ms: float = 5.0, checkpoint_sha256: str | None = None,
+                  envs_per_worker: int = 1):
     """Evaluate into a store cell, skipping episodes already there; write result.json at the end.
     `checkpoint_sha256` stands for the checkpoint file when the policy is remote (`--server`)."""
     from harness.results.provenance import provenance
@@ -43,7 +44,7 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
 
     if todo:
         run_episodes(spec, todo, policy, record, workers=workers, execution=execution, noise_seed=noise_seed,
-                     progress=progress, max_batch=max_batch, max_wait_ms=max_wait_ms, desc=f"eval {cell.key.variant}/{cell.key.suite}/{cell.key.opt_level}")
+                     progress=progress, max_batch=max_batch, max_wait_ms=max_wait_ms, envs_per_worker=envs_per_worker, desc=f"eval {cell.key.variant}/{cell.key.suite}/{cell.key.opt_level}")
     eps = cell.episodes()
     cfg = {"suite": to_dict(spec), **(config or {}), "execution": execution, "noise_seed": noise_seed,
            "episodes_per_task": episodes_per_task or spec.episodes_per_task}
@@ -98,6 +99,8 @@ def add_arguments(p):
     p.add_argument("--max-batch", type=int, default=8, help="dynamic batching: most observations inferred in one call")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="dynamic batching: how long the first observation waits for others")
+    p.add_argument("--envs-per-worker", type=int, default=1,
+                   help="environments in each worker process (--workers counts processes)")
 
 
 def main(args) -> int:
@@ -132,7 +135,8 @@ def main(args) -> int:
     cell = Store(args.root).cell(key)
     res = evaluate_cell(cell, spec, policy, config=cfg, checkpoint_path=ckpt, episodes_per_task=args.episodes,
                         workers=args.workers, execution=args.execution, noise_seed=noise,
-                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, checkpoint_sha256=sha)
+                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, checkpoint_sha256=sha,
+                        envs_per_worker=args.envs_per_worker)
     m = res["metrics"]
     print(f"{key.variant} on {key.suite} [{key.opt_level}]: success {m['success_rate']:.1%} "
           f"(n={m['n_episodes']}, errors {m['n_errors']}), progress {m['progress_mean']:.2f} -> {cell.path}")

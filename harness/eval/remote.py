@@ -95,7 +95,8 @@ class RemotePolicy:
         self.last_latency_ms = ms
         self.last_stats = [{"latency_ms": ms, "batch_size": r["server_timing"]["batch_size"],
                             "effective_steps": r["policy_timing"]["effective_steps"],
-                            "forward_passes": r["policy_timing"]["forward_passes"]} for r in replies]
+                            "forward_passes": r["policy_timing"]["forward_passes"],
+                            "server_infer_ms": r["policy_timing"]["infer_ms"]} for r in replies]
         return [np.asarray(r["actions"], np.float32) for r in replies]
 
     def reset(self) -> None:

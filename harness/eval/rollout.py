@@ -64,7 +64,7 @@ class Running:
 
 def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, execution: str = "sync",
                  noise_seed: int | None = None, progress: bool = True, desc: str = "eval",
-                 max_batch: int = 8, max_wait_ms: float = 5.0):
+                 max_batch: int = 8, max_wait_ms: float = 5.0, envs_per_worker: int = 1):
     """Run `plan` episodes and call `record(dict)` for each as it finishes.
 
     `policy` is a Policy-like object (`infer`, `reset`, `needs_history`, `frame_stride`,
@@ -74,17 +74,22 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
     up to `max_batch` of them, infers them in one call and sends each worker its chunk. Each
     episode record keeps, per call, its latency (the whole batch's), the batch size it ran at,
     its effective denoising steps and its network forward passes. Others infer one at a time.
+    `envs_per_worker` > 1 runs several environments in each worker process (fewer processes, for
+    hosts with few cores per GPU); `workers` counts processes.
     """
     if policy == "random":
         policy = RandomPolicy(spec.action_dim, spec.action_horizon or 8)
     scripted = policy if isinstance(policy, str) else None
     if execution not in ("sync", "async"):
         raise UserError(f"--execution {execution!r}: expected sync or async")
+    if envs_per_worker < 1:
+        raise UserError(f"--envs-per-worker {envs_per_worker}: need at least 1")
     if max_batch < 1 or max_wait_ms < 0:
         raise UserError(f"--max-batch {max_batch} / --max-wait-ms {max_wait_ms}: need a batch >= 1 and a wait >= 0")
     batched = not scripted and hasattr(type(policy), "infer_batch")
     pending = deque(plan)
-    pool = WorkerPool(spec, max(1, min(workers, len(plan))))
+    procs = max(1, min(workers, math.ceil(len(plan) / envs_per_worker)))
+    pool = WorkerPool(spec, procs, envs_per_worker)
     running: dict[int, Running] = {}
     policies: dict[int, object] = {}
     bar = tqdm(total=len(plan), disable=not progress, desc=desc, unit="ep", dynamic_ncols=True)
@@ -98,7 +103,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
             return
         task, init, seed = pending.popleft()
         running[i] = Running(task, init, seed, time.perf_counter(), policy.new_state() if batched else None)
-        pool.conns[i].send(("reset", task, init, seed, scripted is None))
+        pool.send(i, "reset", task, init, seed, scripted is None)
 
     def finish(i, payload: dict, error: str | None = None):
         r = running.pop(i)
@@ -125,7 +130,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
         if execution == "async" and r.calls > 1:
             late = stale_steps(stats["latency_ms"], spec.control_hz)
         chunk, carry[i] = async_chunk(full, carry.get(i, full[:0]), horizon, late)
-        pool.conns[i].send(("chunk", chunk, stride, history, True))
+        pool.send(i, "chunk", chunk, stride, history, True)
 
     def seed_of(r: Running):
         return None if noise_seed is None else noise_seed + r.calls
@@ -137,7 +142,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
             ready[i][0].history = ready[i][1]
         if scripted:
             for i in slots:
-                pool.conns[i].send(("scripted", scripted, running[i].seed))
+                pool.send(i, "scripted", scripted, running[i].seed)
             return
         if batched:
             for k in range(0, len(slots), max_batch):
@@ -159,31 +164,41 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
 
     def receive(conns, ready: dict):
         for c in conns:
-            i = pool.conns.index(c)
+            p = pool.conns.index(c)
             try:
-                msg = c.recv()
-            except (EOFError, ConnectionResetError):  # the simulator took its process down
-                pool.respawn(i)
-                policies.pop(i, None)
-                finish(i, {}, error="SimulatorError: environment worker process died")
-                continue
-            if msg[0] == "obs":
-                ready[i] = (msg[1], msg[2])
-            elif msg[0] == "done":
-                finish(i, msg[1])
-            elif msg[0] == "error":
-                finish(i, {"steps": msg[3], "max_progress": msg[4]}, error=msg[1])
+                while c.poll():  # everything this process has sent so far (one message per busy slot)
+                    msg = pool.recv(p)
+                    i = msg[1]
+                    if msg[0] == "obs":
+                        ready[i] = (msg[2], msg[3])
+                    elif msg[0] == "done":
+                        finish(i, msg[2])
+                    elif msg[0] == "error":
+                        finish(i, {"steps": msg[4], "max_progress": msg[5]}, error=msg[2])
+            except (EOFError, ConnectionResetError, OSError):  # the simulator took its process down
+                pool.respawn(p)
+                dead = [i for i in pool.slots_of(p) if i in running]
+                for i in dead:
+                    policies.pop(i, None)
+                    ready.pop(i, None)
+                for i in dead:
+                    finish(i, {}, error="SimulatorError: environment worker process died")
+
+    def busy_conns(exclude=()):
+        """Processes with a running slot that has not sent its observation yet."""
+        return [pool.conns[p] for p in range(len(pool.conns))
+                if any(i in running and i not in exclude for i in pool.slots_of(p))]
 
     try:
-        for i in range(len(pool.conns)):
+        for i in range(pool.slots):
             start(i)
         while running:
             ready: dict[int, tuple[Observation, list]] = {}
-            receive(wait([pool.conns[i] for i in running]), ready)
+            receive(wait(busy_conns()), ready)
             if batched and ready:  # dynamic batching: give the other workers a moment to catch up
                 deadline = time.perf_counter() + max_wait_ms / 1000
                 while len(ready) < max_batch:
-                    others = [pool.conns[i] for i in running if i not in ready]
+                    others = busy_conns(ready)
                     left = deadline - time.perf_counter()
                     if not others or left <= 0:
                         break

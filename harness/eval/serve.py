@@ -36,10 +36,12 @@ from harness.suites.base import Observation
 
 class Batcher:
     """One thread that infers queued requests in batches: up to `max_batch`, waiting at most
-    `max_wait_ms` after the first for more. `submit` returns a Future of (chunk, stats)."""
+    `max_wait_ms` after the first for more, but never for more requests than there are connected
+    clients (`clients`: a lone client pays no wait). `submit` returns a Future of (chunk, stats)."""
 
     def __init__(self, policy, max_batch: int = 8, max_wait_ms: float = 5.0):
         self.policy, self.max_batch, self.max_wait = policy, max_batch, max_wait_ms / 1000
+        self.clients = 0   # open connections (set by the server's handlers, read here)
         self.q: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="wam-batcher", daemon=True)
         self.thread.start()
@@ -61,7 +63,7 @@ class Batcher:
                 return
             batch = [item]
             deadline = time.perf_counter() + self.max_wait
-            while len(batch) < self.max_batch:
+            while len(batch) < min(self.max_batch, max(1, self.clients)):
                 try:
                     nxt = self.q.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
@@ -129,6 +131,15 @@ class PolicyServer:
         from websockets.frames import CloseCode
         await ws.send(wire.packb(self.metadata))
         state, calls, prev_total = self.policy.new_state(), 0, None
+        self.batcher.clients += 1
+        try:
+            await self._serve(ws, state, calls, prev_total)
+        finally:
+            self.batcher.clients -= 1
+
+    async def _serve(self, ws, state, calls, prev_total):
+        import websockets
+        from websockets.frames import CloseCode
         while True:
             try:
                 t0 = time.monotonic()
