@@ -17,7 +17,7 @@ from harness.eval.rollout import episode_plan, run_episodes
 def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, checkpoint_path=None,
                   episodes_per_task: int | None = None, workers: int = 2, execution: str = "sync",
                   noise_seed: int | None = 0, progress: bool = True, extra: dict | None = None,
-                  max_batch: int = 8, max_wait_ms: float = 5.0, checkpoint_sha256: str | None = None,
+                  max_batch: int = 1, max_wait_ms: float = 5.0, checkpoint_sha256: str | None = None,
                   envs_per_worker: int = 1):
     """Evaluate into a store cell, skipping episodes already there; write result.json at the end.
     `checkpoint_sha256` stands for the checkpoint file when the policy is remote (`--server`)."""
@@ -96,7 +96,9 @@ def add_arguments(p):
     p.add_argument("--root", default="results", help="results store")
     p.add_argument("--server", default=None, metavar="ws://HOST:PORT",
                    help="drive a policy served by `wam-bench serve` instead of loading --checkpoint here")
-    p.add_argument("--max-batch", type=int, default=8, help="dynamic batching: most observations inferred in one call")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="dynamic batching: most observations inferred in one call (default 1: latencies stay batch-1 "
+                        "figures; 8+ for throughput, each call's latency is then its batch's)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="dynamic batching: how long the first observation waits for others")
     p.add_argument("--envs-per-worker", type=int, default=1,

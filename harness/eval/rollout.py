@@ -64,16 +64,17 @@ class Running:
 
 def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, execution: str = "sync",
                  noise_seed: int | None = None, progress: bool = True, desc: str = "eval",
-                 max_batch: int = 8, max_wait_ms: float = 5.0, envs_per_worker: int = 1):
+                 max_batch: int = 1, max_wait_ms: float = 5.0, envs_per_worker: int = 1):
     """Run `plan` episodes and call `record(dict)` for each as it finishes.
 
     `policy` is a Policy-like object (`infer`, `reset`, `needs_history`, `frame_stride`,
     `action_horizon`, `last_latency_ms`) or the string "expert" / "random" (reference rows).
-    A policy with `infer_batch` (Policy, RemotePolicy) is batched dynamically: once an
+    With `max_batch` > 1, a policy with `infer_batch` (Policy, RemotePolicy) is batched dynamically: once an
     observation is in, the driver waits up to `max_wait_ms` for other workers' observations,
     up to `max_batch` of them, infers them in one call and sends each worker its chunk. Each
     episode record keeps, per call, its latency (the whole batch's), the batch size it ran at,
     its effective denoising steps and its network forward passes. Others infer one at a time.
+    The default (1) keeps every call at batch 1, so the ladder's latencies stay batch-1 figures.
     `envs_per_worker` > 1 runs several environments in each worker process (fewer processes, for
     hosts with few cores per GPU); `workers` counts processes.
     """

@@ -43,11 +43,12 @@ DIT_RULES = [[0.95, 4], [0.93, 2]]  # DreamZero's official thresholds -> steps s
 
 
 class DitCache:
-    """DreamZero's DiT caching, as its official `should_run_model`: one decision per step.
+    """DreamZero's DiT caching, as its official `should_run_model`: one decision per step, for
+    one sample (`sample` keeps one cache per sample, so a batch-mate never moves a decision).
 
     The first `always` (2) computed steps build a history; a pending skip countdown is honoured
-    (the step after a skip is computed); otherwise the cosine similarity (per sample, averaged)
-    of the last two computed CFG-combined video velocities picks the first rule it exceeds and
+    (the step after a skip is computed); otherwise the cosine similarity of the sample's last
+    two computed CFG-combined video velocities picks the first rule it exceeds and
     skips that many steps starting now, reusing the last velocities. Loops shorter than
     `min_steps` (official: more than 4 steps) always compute. A static `schedule` (a "T/F"
     string or a list of step indices to compute) replaces the rule, like the official
