@@ -206,3 +206,21 @@ def test_eval_server_writes_the_same_records_as_in_process(dz_ckpt, tmp_path):
     assert [{k: e[k] for k in same} for e in sorted(a, key=key)] == [{k: e[k] for k in same} for e in sorted(b, key=key)]
     res = json.loads((tmp_path / "b" / cell).with_name("result.json").read_text())
     assert res["checkpoint"]["sha256"] == checkpoint.file_sha256(dz_ckpt)
+
+
+def test_client_keys_map_per_suite():
+    """LIBERO clients' keys (openpi's example) and tabletop's own; any image size is resized."""
+    from harness.config import Registry
+    from harness.eval.serve import to_observation
+    from harness.suites.base import serve_keys
+    reg = Registry()
+    lib = serve_keys(reg.suite("libero_spatial"))
+    assert lib == {"images": {"observation/image": "agentview", "observation/wrist_image": "wrist"},
+                   "state": "observation/state", "prompt": "prompt"}
+    keys = serve_keys(reg.suite("tabletop"))
+    req = {"observation/image": np.full((224, 224, 3), 7, np.uint8), "observation/state": np.zeros(4, np.float32),
+           "prompt": "push"}
+    obs = to_observation(req, keys, "front", 64, 4)
+    assert obs.images["front"].shape == (64, 64, 3) and (obs.images["front"] == 7).all() and obs.instruction == "push"
+    with pytest.raises(ValueError, match="expected 4 values"):
+        to_observation({**req, "observation/state": np.zeros(8, np.float32)}, keys, "front", 64, 4)
