@@ -69,12 +69,13 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
 
     `policy` is a Policy-like object (`infer`, `reset`, `needs_history`, `frame_stride`,
     `action_horizon`, `last_latency_ms`) or the string "expert" / "random" (reference rows).
-    With `max_batch` > 1, a policy with `infer_batch` (Policy, RemotePolicy) is batched dynamically: once an
-    observation is in, the driver waits up to `max_wait_ms` for other workers' observations,
-    up to `max_batch` of them, infers them in one call and sends each worker its chunk. Each
-    episode record keeps, per call, its latency (the whole batch's), the batch size it ran at,
-    its effective denoising steps and its network forward passes. Others infer one at a time.
-    The default (1) keeps every call at batch 1, so the ladder's latencies stay batch-1 figures.
+    A policy with `infer_batch` (Policy, RemotePolicy) keeps one state per episode and, with
+    `max_batch` > 1, is batched dynamically: once an observation is in, the driver waits up to
+    `max_wait_ms` for other workers' observations, up to `max_batch` of them, infers them in one
+    call and sends each worker its chunk. The default (1) keeps every call at batch 1, so the
+    ladder's latencies stay batch-1 figures; other policies infer one at a time. Each episode
+    record keeps, per call, its latency (the whole batch's), the batch size it ran at, its
+    effective denoising steps and its network forward passes.
     `envs_per_worker` > 1 runs several environments in each worker process (fewer processes, for
     hosts with few cores per GPU); `workers` counts processes.
     """
