@@ -9,6 +9,7 @@ anyway). Weights: `--checkpoint`, else a random-weight tiny fastwam written to a
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def measure(args) -> dict:
     inc = [a for p in (getattr(args, "include_path", None) or []) for a in ("--include-path", str(p))]
     cmd = [sys.executable, "-m", "harness.cli", *inc, "serve", "--checkpoint", str(ckpt), "--host", "127.0.0.1",
            "--port", "0", "--max-batch", "1", "--suite", spec.name]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    threads = str(torch.get_num_threads())  # the server gets the same torch threads as the in-process side
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
     try:
         line = proc.stdout.readline()
         m = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
