@@ -38,6 +38,8 @@ $(STAMP): pyproject.toml | sysdeps
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --no-deps hf-libero==0.1.4
 	$(BIN)/pip install -q -e '.[dev,libero,scale,wan]'
+	# the published openpi client, for tests/test_serve.py only: it pins numpy<2, so --no-deps into a side folder
+	$(BIN)/pip install -q --no-deps --target $(VENV)/openpi-client openpi-client || echo "warning: openpi-client not installed; its serve test will skip"
 	touch $(STAMP)
 
 clean:

@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("harness.train", "train a variant on a LeRobot-format dataset"),
     "demos": ("harness.data.demos", "write scripted-expert demonstrations as a LeRobot dataset"),
     "eval": ("harness.eval.cell", "closed-loop evaluation of a checkpoint on a suite"),
+    "serve": ("harness.eval.serve", "serve a checkpoint over openpi's websocket protocol (batched)"),
     "run": ("harness.scale.grid", "the grid: demos, train every variant, evaluate, report (the `make run` job)"),
     "results": ("harness.results.store", "print the results store as a table"),
     "report": ("harness.results.report", "tables, plots and an HTML page from the results store"),

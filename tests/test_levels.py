@@ -139,13 +139,14 @@ def test_dit_cache_static_schedule():
 
 
 def test_dit_cache_effective_steps_in_sample(models):
-    """The model's reported evals are the cache's computed steps, and skipping changes the result."""
+    """The model's reported effective steps are the cache's computed steps, and skipping changes the result."""
     m = models["dreamzero"]
     full = _actions(m, InferOptions(), steps=16)
     sched = InferOptions(dit_cache={"schedule": "TTTFFFTFFFTFFTTT"})
     lat, state, blocks = _inputs(m)
     out = m.sample(lat, state, ["pick up the red cube"], sched, noise_seed=7, blocks=blocks)
-    assert out["evals"] == 8
+    assert out["effective_steps"] == [8]
+    assert out["forward_passes"] == [2 + 2 * 8]  # two prefills, then conditional + unconditional per computed step
     assert not torch.allclose(out["actions"], full)
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FAMILIES = ["train", "sim", "eval", "latency", "scaling", "gpu"]
+FAMILIES = ["train", "sim", "eval", "latency", "scaling", "gpu", "serve"]
 
 
 def add_arguments(p):

@@ -4,7 +4,12 @@ Both sides run the same episodes (tasks, init states, seeds) with the same rende
 (one camera frame per action chunk) and the same random actions, interleaved so machine noise
 hits both: `raw` is a bare loop over one environment in this process; `harness` is
 `run_episodes` (worker processes, pipes, per-episode records). `eval_over_sim` is their ratio.
-A second pair repeats the harness side with a real tiny policy's inference in the loop.
+
+With a policy in the loop (`--checkpoint`, else a random-weight tiny fastwam, said in the notes):
+`batched_speedup` is episodes/s with dynamic batching (`--max-batch 8`) over one call per
+observation (`--max-batch 1`), the same policy, plan and 8 environment workers, interleaved; and
+`eval_over_sim_policy` is the batched harness's control steps/s over the raw simulator's at the
+same cadence (one rendered frame per chunk; the policy must not keep history, so fastwam-like).
 """
 from __future__ import annotations
 
@@ -37,12 +42,76 @@ def raw_steps_per_s(spec, plan, horizon: int) -> float:
     return steps / t_total
 
 
-def harness_steps_per_s(spec, plan, policy, workers: int) -> float:
+def harness_run(spec, plan, policy, workers: int, max_batch: int = 8) -> tuple[float, float, list]:
+    """-> (control steps/s, episodes/s, records) of `run_episodes` over `plan`."""
     from harness.eval.rollout import run_episodes
     recs = []
     t0 = time.perf_counter()
-    run_episodes(spec, plan, policy, recs.append, workers=workers, progress=False)
-    return sum(r["steps"] for r in recs) / (time.perf_counter() - t0)
+    run_episodes(spec, plan, policy, recs.append, workers=workers, progress=False, noise_seed=0, max_batch=max_batch)
+    dt = time.perf_counter() - t0
+    return sum(r["steps"] for r in recs) / dt, len(recs) / dt, recs
+
+
+def harness_steps_per_s(spec, plan, policy, workers: int) -> float:
+    return harness_run(spec, plan, policy, workers)[0]
+
+
+def bench_policy(spec, checkpoint: str | None):
+    """(policy, description): the checkpoint at O1, else a random-weight tiny fastwam."""
+    from harness.policy.levels import load_leveled_policy
+    if checkpoint:
+        policy, _ = load_leveled_policy(checkpoint, "O1-kvcache")
+        if policy.needs_history:
+            raise ValueError(f"bench eval compares cadences without history: give a fastwam-like checkpoint, not {policy.variant}")
+        return policy, f"trained {policy.variant} ({checkpoint})"
+    from harness.config import resolve_variant
+    from harness.model.wam import WorldActionModel
+    from harness.policy.policy import Policy
+    model = WorldActionModel(resolve_variant("fastwam"), spec.action_dim, spec.state_dim)
+    return Policy(model, {"camera": spec.cameras[0]}), "random-weight tiny fastwam (no --checkpoint given)"
+
+
+def policy_figures(spec, args) -> tuple[dict, list, list]:
+    """batched_speedup and eval_over_sim_policy, side by side in one run."""
+    from harness.eval.rollout import episode_plan
+    policy, what = bench_policy(spec, args.checkpoint)
+    envs = 4 if args.quick else 8
+    plan = episode_plan(spec, 0, 1 if args.quick else 4)   # quick: 4 episodes on 4 envs; else 16 on 8
+    horizon = spec.action_horizon or policy.action_horizon
+    if args.quick:  # three chunks an episode: a spot check of the path, not the figure to report
+        import dataclasses
+        spec = dataclasses.replace(spec, max_steps=3 * horizon)
+    rows, seq, bat, bat_steps, raw = [], [], [], [], []
+    for rep in range(1 if args.quick else 2):
+        for max_batch in (1, envs):
+            steps_s, eps_s, recs = harness_run(spec, plan, policy, envs, max_batch)
+            sizes = [b for r in recs for b in r["batch_size"]]
+            lat = [x for r in recs for x in r["latency_ms"]]
+            rows.append({"mode": f"harness, policy, {envs} envs, max batch {max_batch}", "episodes_per_s": eps_s,
+                         "steps_per_s": steps_s, "mean_batch": float(np.mean(sizes)),
+                         "latency_p50_ms": float(np.median(lat)), "rep": rep})
+            (bat if max_batch > 1 else seq).append(eps_s)
+            if max_batch > 1:
+                bat_steps.append(steps_s)
+        raw.append(raw_steps_per_s(spec, plan, horizon))
+        rows.append({"mode": "raw simulator, 1 process, same cadence", "steps_per_s": raw[-1], "rep": rep})
+    # batch-size scaling of one call (for planning a GPU host: latency vs batch)
+    from harness.suites.base import make_env
+    env = make_env(spec, 0)
+    env.reset(0, 0)
+    obs = env.observe(render=True)
+    env.close()
+    for b in (1, 2, 4, 8):
+        ts = []
+        for k in range(2 if args.quick else 6):
+            t0 = time.perf_counter()
+            policy.infer_batch([obs] * b, list(range(b)))
+            ts.append((time.perf_counter() - t0) * 1000)
+        rows.append({"mode": f"one call, batch {b}", "latency_p50_ms": float(np.median(ts[1:]))})
+    figures = {"batched_speedup": float(np.median(bat) / np.median(seq)),
+               "eval_over_sim_policy": float(np.median(bat_steps) / np.median(raw))}
+    return figures, rows, [f"policy: {what}; {envs} environment worker processes"
+                           + ("; --quick: 3 chunks an episode" if args.quick else "")]
 
 
 def measure(args) -> dict:
@@ -65,15 +134,8 @@ def measure(args) -> dict:
         rows.append({"mode": "raw simulator, 1 process", "steps_per_s": raw[-1], "rep": rep})
     figures = {"eval_over_sim": float(np.median(har) / np.median(raw)),
                "raw_sim_steps_per_s": float(np.median(raw)), "harness_steps_per_s": float(np.median(har))}
-    if not args.quick:
-        from harness.policy.policy import Policy
-        from harness.config import resolve_variant
-        from harness.model.wam import WorldActionModel
-        rv = resolve_variant("fastwam")
-        model = WorldActionModel(rv, spec.action_dim, spec.state_dim)
-        policy = Policy(model, {"camera": spec.cameras[0]})
-        v = harness_steps_per_s(spec, plan, policy, 2)
-        rows.append({"mode": "harness, tiny fastwam policy, 2 workers", "steps_per_s": v, "rep": 0})
-        figures["eval_over_sim_with_policy"] = v / figures["raw_sim_steps_per_s"]
-    return {"figures": figures, "rows": rows,
-            "notes": ["raw = one environment in one process; harness = worker processes + the policy in the driver"]}
+    pf, prow, pnotes = policy_figures(spec, args)
+    figures.update(pf)
+    return {"figures": figures, "rows": rows + prow,
+            "notes": ["raw = one environment in one process; harness = worker processes + the policy in the driver"]
+            + pnotes}

@@ -148,7 +148,7 @@ def measure(args) -> dict:
             dt = (time.perf_counter() - t0) * 1000
             if r:
                 c.times.append(dt)
-                c.evals = out["evals"]
+                c.evals = out["effective_steps"][0]
 
     p50 = {(c.variant, c.label): statistics.median(c.times) for c in configs}
     for c in configs:

@@ -49,32 +49,49 @@ def async_chunk(full: np.ndarray, carry: np.ndarray, horizon: int, late: int) ->
 
 
 @dataclass
-
-
 class Running:
     task: int
     init: int
     seed: int
     t0: float
+    state: object = None                       # the policy's per-episode context (batched policies)
     latencies: list = field(default_factory=list)
-    evals: list = field(default_factory=list)
+    batch_sizes: list = field(default_factory=list)
+    effective_steps: list = field(default_factory=list)
+    forward_passes: list = field(default_factory=list)
     calls: int = 0
 
 
 def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, execution: str = "sync",
-                 noise_seed: int | None = None, progress: bool = True, desc: str = "eval"):
+                 noise_seed: int | None = None, progress: bool = True, desc: str = "eval",
+                 max_batch: int = 1, max_wait_ms: float = 5.0, envs_per_worker: int = 1):
     """Run `plan` episodes and call `record(dict)` for each as it finishes.
 
     `policy` is a Policy-like object (`infer`, `reset`, `needs_history`, `frame_stride`,
     `action_horizon`, `last_latency_ms`) or the string "expert" / "random" (reference rows).
+    A policy with `infer_batch` (Policy, RemotePolicy) keeps one state per episode and, with
+    `max_batch` > 1, is batched dynamically: once an observation is in, the driver waits up to
+    `max_wait_ms` for other workers' observations, up to `max_batch` of them, infers them in one
+    call and sends each worker its chunk. The default (1) keeps every call at batch 1, so the
+    ladder's latencies stay batch-1 figures; other policies infer one at a time. Each episode
+    record keeps, per call, its latency (the whole batch's), the batch size it ran at, its
+    effective denoising steps and its network forward passes.
+    `envs_per_worker` > 1 runs several environments in each worker process (fewer processes, for
+    hosts with few cores per GPU); `workers` counts processes.
     """
     if policy == "random":
         policy = RandomPolicy(spec.action_dim, spec.action_horizon or 8)
     scripted = policy if isinstance(policy, str) else None
     if execution not in ("sync", "async"):
         raise UserError(f"--execution {execution!r}: expected sync or async")
+    if envs_per_worker < 1:
+        raise UserError(f"--envs-per-worker {envs_per_worker}: need at least 1")
+    if max_batch < 1 or max_wait_ms < 0:
+        raise UserError(f"--max-batch {max_batch} / --max-wait-ms {max_wait_ms}: need a batch >= 1 and a wait >= 0")
+    batched = not scripted and hasattr(type(policy), "infer_batch")
     pending = deque(plan)
-    pool = WorkerPool(spec, max(1, min(workers, len(plan))))
+    procs = max(1, min(workers, math.ceil(len(plan) / envs_per_worker)))
+    pool = WorkerPool(spec, procs, envs_per_worker)
     running: dict[int, Running] = {}
     policies: dict[int, object] = {}
     bar = tqdm(total=len(plan), disable=not progress, desc=desc, unit="ep", dynamic_ncols=True)
@@ -87,64 +104,107 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
         if not pending:
             return
         task, init, seed = pending.popleft()
-        running[i] = Running(task, init, seed, time.perf_counter())
-        pool.conns[i].send(("reset", task, init, seed, scripted is None))
+        running[i] = Running(task, init, seed, time.perf_counter(), policy.new_state() if batched else None)
+        pool.send(i, "reset", task, init, seed, scripted is None)
 
     def finish(i, payload: dict, error: str | None = None):
         r = running.pop(i)
+        if batched and hasattr(policy, "end_episode"):
+            policy.end_episode(r.state)  # a remote policy's session goes back to its pool
         rec = {"task": spec.tasks[r.task].name, "task_index": r.task, "init_index": r.init, "seed": r.seed,
                "success": None if error else payload["success"], "progress": None if error else payload["progress"],
                "max_progress": payload.get("max_progress"), "steps": payload.get("steps", 0),
-               "latency_ms": r.latencies, "effective_steps": r.evals, "error": error,
-               "wall_s": time.perf_counter() - r.t0}
+               "latency_ms": r.latencies, "batch_size": r.batch_sizes, "effective_steps": r.effective_steps,
+               "forward_passes": r.forward_passes, "error": error, "wall_s": time.perf_counter() - r.t0}
         record(rec)
         bar.update(1)
         carry.pop(i, None)
         start(i)
 
-    def act(ready: list[tuple[int, Observation, list]]):
+    def send_chunk(i, full: np.ndarray, stats: dict):
+        r = running[i]
+        r.latencies.append(stats["latency_ms"])
+        r.batch_sizes.append(stats["batch_size"])
+        r.effective_steps.append(stats["effective_steps"])
+        r.forward_passes.append(stats["forward_passes"])
+        r.calls += 1
+        late = 0  # the first call of an episode: the robot waits, nothing is stale yet
+        if execution == "async" and r.calls > 1:
+            late = stale_steps(stats["latency_ms"], spec.control_hz)
+        chunk, carry[i] = async_chunk(full, carry.get(i, full[:0]), horizon, late)
+        pool.send(i, "chunk", chunk, stride, history, True)
+
+    def seed_of(r: Running):
+        return None if noise_seed is None else noise_seed + r.calls
+
+    def act(ready: dict[int, tuple[Observation, list]]):
         """Infer for every worker whose observation is in, then send each its chunk."""
-        for i, obs, hist in ready:
+        slots = list(ready)
+        for i in slots:
+            ready[i][0].history = ready[i][1]
+        if scripted:
+            for i in slots:
+                pool.send(i, "scripted", scripted, running[i].seed)
+            return
+        if batched:
+            for k in range(0, len(slots), max_batch):
+                part = slots[k:k + max_batch]
+                chunks = policy.infer_batch([ready[i][0] for i in part], [seed_of(running[i]) for i in part],
+                                            [running[i].state for i in part])
+                for i, full, stats in zip(part, chunks, policy.last_stats):
+                    send_chunk(i, full, stats)
+            return
+        for i in slots:
             r = running[i]
-            if scripted:
-                pool.conns[i].send(("scripted", scripted, r.seed))
-                continue
             pol = policies.setdefault(i, _clone(policy))
             if r.calls == 0:
                 pol.reset()
-            obs.history = hist
-            seed = None if noise_seed is None else noise_seed + r.calls
-            full = pol.infer(obs, noise_seed=seed)
-            r.latencies.append(pol.last_latency_ms)
-            r.evals.append(pol.last_evals)
-            r.calls += 1
-            late = 0  # the first call of an episode: the robot waits, nothing is stale yet
-            if execution == "async" and r.calls > 1:
-                late = stale_steps(pol.last_latency_ms, spec.control_hz)
-            chunk, carry[i] = async_chunk(full, carry.get(i, full[:0]), horizon, late)
-            pool.conns[i].send(("chunk", chunk, stride, history, True))
+            full = pol.infer(ready[i][0], noise_seed=seed_of(r))
+            steps = getattr(pol, "last_effective_steps", getattr(pol, "last_evals", 0))
+            send_chunk(i, full, {"latency_ms": pol.last_latency_ms, "batch_size": 1, "effective_steps": steps,
+                                 "forward_passes": getattr(pol, "last_forward_passes", 0)})
+
+    def receive(conns, ready: dict):
+        for c in conns:
+            p = pool.conns.index(c)
+            try:
+                while c.poll():  # everything this process has sent so far (one message per busy slot)
+                    msg = pool.recv(p)
+                    i = msg[1]
+                    if msg[0] == "obs":
+                        ready[i] = (msg[2], msg[3])
+                    elif msg[0] == "done":
+                        finish(i, msg[2])
+                    elif msg[0] == "error":
+                        finish(i, {"steps": msg[4], "max_progress": msg[5]}, error=msg[2])
+            except (EOFError, ConnectionResetError, OSError):  # the simulator took its process down
+                pool.respawn(p)
+                dead = [i for i in pool.slots_of(p) if i in running]
+                for i in dead:
+                    policies.pop(i, None)
+                    ready.pop(i, None)
+                for i in dead:
+                    finish(i, {}, error="SimulatorError: environment worker process died")
+
+    def busy_conns(exclude=()):
+        """Processes with a running slot that has not sent its observation yet."""
+        return [pool.conns[p] for p in range(len(pool.conns))
+                if any(i in running and i not in exclude for i in pool.slots_of(p))]
 
     try:
-        for i in range(len(pool.conns)):
+        for i in range(pool.slots):
             start(i)
         while running:
-            ready_conns = wait([pool.conns[i] for i in running])
-            ready = []
-            for c in ready_conns:
-                i = pool.conns.index(c)
-                try:
-                    msg = c.recv()
-                except (EOFError, ConnectionResetError):  # the simulator took its process down
-                    pool.respawn(i)
-                    policies.pop(i, None)
-                    finish(i, {}, error="SimulatorError: environment worker process died")
-                    continue
-                if msg[0] == "obs":
-                    ready.append((i, msg[1], msg[2]))
-                elif msg[0] == "done":
-                    finish(i, msg[1])
-                elif msg[0] == "error":
-                    finish(i, {"steps": msg[3], "max_progress": msg[4]}, error=msg[1])
+            ready: dict[int, tuple[Observation, list]] = {}
+            receive(wait(busy_conns()), ready)
+            if batched and ready:  # dynamic batching: give the other workers a moment to catch up
+                deadline = time.perf_counter() + max_wait_ms / 1000
+                while len(ready) < max_batch:
+                    others = busy_conns(ready)
+                    left = deadline - time.perf_counter()
+                    if not others or left <= 0:
+                        break
+                    receive(wait(others, timeout=left), ready)
             if ready:
                 act(ready)
     finally:

@@ -36,12 +36,20 @@ def _observe(env, render):
     return Observation(obs.images, np.asarray(obs.state, np.float32), obs.instruction)
 
 
+class _Slot:
+    """One environment slot of a worker: its simulators (one per task, reused) and its episode."""
+
+    def __init__(self):
+        self.envs: dict[int, object] = {}
+        self.ep: EpisodeState | None = None
+        self.env = None
+
+
 def _worker(conn, spec: SuiteSpec, env_vars: dict):
-    """Runs in a child process: owns the simulators, answers reset / chunk / expert commands."""
+    """Runs in a child process: owns the simulators of its slots, answers reset / chunk / expert
+    commands. Every message carries its slot index, every reply too."""
     os.environ.update(env_vars)
-    envs: dict[int, object] = {}
-    ep: EpisodeState | None = None
-    env = None
+    slots: dict[int, _Slot] = {}
     while True:
         try:
             msg = conn.recv()
@@ -50,17 +58,20 @@ def _worker(conn, spec: SuiteSpec, env_vars: dict):
         cmd = msg[0]
         if cmd == "close":
             break
+        k = msg[1]
+        sl = slots.setdefault(k, _Slot())
         try:
             if cmd == "reset":
-                _, task, init, seed, render = msg
-                if task not in envs:
-                    envs[task] = make_env(spec, task)
-                env = envs[task]
+                _, _, task, init, seed, render = msg
+                if task not in sl.envs:
+                    sl.envs[task] = make_env(spec, task)
+                sl.env = env = sl.envs[task]
                 env.reset(init, seed)
-                ep = EpisodeState(task, init, seed)
-                conn.send(("obs", _observe(env, render), []))
+                sl.ep = EpisodeState(task, init, seed)
+                conn.send(("obs", k, _observe(env, render), []))
             elif cmd == "chunk":  # execute actions; frames at cadence `stride` go into history
-                _, actions, stride, render_history, render_end = msg
+                _, _, actions, stride, render_history, render_end = msg
+                env, ep = sl.env, sl.ep
                 history = []
                 for a in actions:
                     env.step(np.asarray(a, np.float32))
@@ -72,14 +83,15 @@ def _worker(conn, spec: SuiteSpec, env_vars: dict):
                     if render_history and ep.steps % stride == 0:
                         history.append(env.observe(render=True).images)
                 if ep.done:
-                    conn.send(("done", _final(env, ep)))
+                    conn.send(("done", k, _final(env, ep)))
                 else:
                     obs = _observe(env, render_end)
                     if render_history and history and obs.images:
                         history[-1] = obs.images
-                    conn.send(("obs", obs, history))
+                    conn.send(("obs", k, obs, history))
             elif cmd == "scripted":  # whole episode with the expert or uniform random actions
-                _, kind, rng_seed = msg
+                _, _, kind, rng_seed = msg
+                env, ep = sl.env, sl.ep
                 rng = np.random.default_rng(rng_seed)
                 while not ep.done:
                     a = env.expert_action() if kind == "expert" else rng.uniform(-1, 1, spec.action_dim)
@@ -87,16 +99,18 @@ def _worker(conn, spec: SuiteSpec, env_vars: dict):
                     ep.steps += 1
                     ep.max_progress = max(ep.max_progress, float(env.progress()))
                     ep.done = env.success() or ep.steps >= spec.max_steps
-                conn.send(("done", _final(env, ep)))
+                conn.send(("done", k, _final(env, ep)))
         except Exception as e:  # a simulator fault: report it, keep the worker alive
-            conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=3),
+            ep = sl.ep
+            conn.send(("error", k, f"{type(e).__name__}: {e}", traceback.format_exc(limit=3),
                        ep.steps if ep else 0, ep.max_progress if ep else 0.0))
-            envs.pop(ep.task_index if ep else -1, None)  # rebuild that simulator next time
-    for e in envs.values():
-        try:
-            e.close()
-        except Exception:
-            pass
+            sl.envs.pop(ep.task_index if ep else -1, None)  # rebuild that simulator next time
+    for sl in slots.values():
+        for e in sl.envs.values():
+            try:
+                e.close()
+            except Exception:
+                pass
 
 
 def _final(env, ep: EpisodeState) -> dict:
@@ -105,10 +119,13 @@ def _final(env, ep: EpisodeState) -> dict:
 
 
 class WorkerPool:
-    """Environment worker processes (spawned: simulators and GL contexts don't survive fork)."""
+    """Environment worker processes (spawned: simulators and GL contexts don't survive fork), each
+    with `envs_per_worker` environment slots; slot s lives in process s // envs_per_worker."""
 
-    def __init__(self, spec: SuiteSpec, n: int):
+    def __init__(self, spec: SuiteSpec, n: int, envs_per_worker: int = 1):
         self.spec = spec
+        self.per = envs_per_worker
+        self.slots = n * envs_per_worker
         self.ctx = mp.get_context("spawn")
         env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_ASSETS") if k in os.environ}
         env_vars.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -128,8 +145,19 @@ class WorkerPool:
         else:
             self.conns[index], self.procs[index] = parent, proc
 
+    def send(self, slot: int, cmd: str, *args):
+        self.conns[slot // self.per].send((cmd, slot % self.per, *args))
+
+    def recv(self, proc: int) -> tuple:
+        """One message from process `proc`, its local slot made global (EOFError if it died)."""
+        msg = self.conns[proc].recv()
+        return (msg[0], proc * self.per + msg[1], *msg[2:])
+
+    def slots_of(self, proc: int) -> range:
+        return range(proc * self.per, (proc + 1) * self.per)
+
     def respawn(self, i: int):
-        """A worker died (segfault in a simulator): replace it."""
+        """A worker process died (segfault in a simulator): replace it (all its slots)."""
         try:
             self.procs[i].kill()
         except Exception:

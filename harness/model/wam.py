@@ -39,11 +39,12 @@ DIT_RULES = [[0.95, 4], [0.93, 2]]  # DreamZero's official thresholds -> steps s
 
 
 class DitCache:
-    """DreamZero's DiT caching, as its official `should_run_model`: one decision per step.
+    """DreamZero's DiT caching, as its official `should_run_model`: one decision per step, for
+    one sample (`sample` keeps one cache per sample, so a batch-mate never moves a decision).
 
     The first `always` (2) computed steps build a history; a pending skip countdown is honoured
-    (the step after a skip is computed); otherwise the cosine similarity (per sample, averaged)
-    of the last two computed CFG-combined video velocities picks the first rule it exceeds and
+    (the step after a skip is computed); otherwise the cosine similarity of the sample's last
+    two computed CFG-combined video velocities picks the first rule it exceeds and
     skips that many steps starting now, reusing the last velocities. Loops shorter than
     `min_steps` (official: more than 4 steps) always compute. A static `schedule` (a "T/F"
     string or a list of step indices to compute) replaces the rule, like the official
@@ -198,9 +199,10 @@ class WorldActionModel(nn.Module):
         return self.net(video, action, ctx, mask, prefix[0] if prefix else None, return_kv)
 
     def _guided(self, video, action, ctxs, q_labels, prefixes, cfg_scale, opts: InferOptions):
-        """Velocities with classifier-free guidance on video only (actions use the conditional)."""
+        """Velocities with classifier-free guidance on video only (actions use the conditional),
+        and how many forward passes of the network that took (batched CFG: one)."""
         if cfg_scale == 1.0 or len(ctxs) == 1:
-            return self._net(video, action, ctxs[0], q_labels, prefixes[0])[:2]
+            return (*self._net(video, action, ctxs[0], q_labels, prefixes[0])[:2], 1)
         if opts.cfg_batch:
             cat = lambda t: None if t is None else Tokens(torch.cat([t.x, t.x]), t.pos, torch.cat([t.sigma, t.sigma]))  # noqa: E731
             pre = None
@@ -211,14 +213,15 @@ class WorldActionModel(nn.Module):
             n = ctxs[0].shape[0]
             vc, vu = ov[:n], ov[n:]
             oa = oa[:n] if oa is not None else None
-        elif opts.cfg_parallel:  # CFG parallelism: the two passes on two workers at once
+            return vu + cfg_scale * (vc - vu), oa, 1
+        if opts.cfg_parallel:  # CFG parallelism: the two passes on two workers at once
             fut = _cfg_pool().submit(self._worker_net, opts, video, action, ctxs[1], q_labels, prefixes[1])
             vc, oa, _ = self._net(video, action, ctxs[0], q_labels, prefixes[0])
             vu = fut.result()[0]
         else:  # O0/O1: two sequential passes
             vc, oa, _ = self._net(video, action, ctxs[0], q_labels, prefixes[0])
             vu, _, _ = self._net(video, action, ctxs[1], q_labels, prefixes[1])
-        return vu + cfg_scale * (vc - vu), oa
+        return vu + cfg_scale * (vc - vu), oa, 2
 
     def _prefill(self, video: Tokens, ctx, labels: Labels, opts: InferOptions):
         """K/V of a clean context that attends only to itself; None at O0 (recomputed every step)."""
@@ -253,59 +256,105 @@ class WorldActionModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, latents: torch.Tensor, state: torch.Tensor, prompt: list[str], opts: InferOptions,
-               noise_seed: int | None = None, blocks: list[torch.Tensor] | None = None) -> dict:
-        """One inference call. `latents` (B, 1, g², C) is the current/anchor frame; `blocks` the
-        observed clean chunks (dreamzero). Returns normalized-space actions (fp32) and generated
-        video; `evals` counts network calls (effective steps, each loop's steps summed)."""
+               noise_seed: int | list[int | None] | None = None, blocks: list | None = None) -> dict:
+        """One inference call for a batch of B samples. `latents` (B, 1, g², C) is each sample's
+        current/anchor frame. `noise_seed`: one seed per sample (a list), or one int for every
+        sample; each sample draws its noise from its own generator, so its result never depends
+        on its batch-mates. `blocks` (dreamzero): the observed clean chunks, either one list of
+        (B, lf·g², C) tensors shared by all samples, or per sample a list of (1, lf·g², C) tensors;
+        samples with different numbers of observed chunks are sampled in separate groups (the
+        context length is a shape). Returns normalized-space actions (fp32, (B, H, A)), generated
+        video, and per sample `effective_steps` (denoising steps computed, loops summed) and
+        `forward_passes` (network forwards the sample took part in: prefills, both CFG passes)."""
+        B = latents.shape[0]
+        seeds = list(noise_seed) if isinstance(noise_seed, (list, tuple)) else [noise_seed] * B
+        if len(seeds) != B:
+            raise ValueError(f"{len(seeds)} noise seeds for a batch of {B}")
+        per_sample = blocks is not None and len(blocks) == B and all(isinstance(b, (list, tuple)) for b in blocks)
         with self._autocast(opts, latents.device.type), torch.device(latents.device):
-            out = self._sample(latents, state, prompt, opts, noise_seed, blocks)
+            if not per_sample:
+                out = self._sample(latents, state, prompt, opts, seeds, blocks)
+            else:
+                groups: dict[int, list[int]] = {}
+                for j, b in enumerate(blocks):
+                    groups.setdefault(len(b), []).append(j)
+                outs = []
+                for n, idx in groups.items():
+                    blk = [torch.cat([blocks[j][k] for j in idx]) for k in range(n)]
+                    outs.append((idx, self._sample(latents[idx], state[idx], [prompt[j] for j in idx], opts,
+                                                   [seeds[j] for j in idx], blk)))
+                out = _scatter(outs, B)
         out["actions"] = out["actions"].float()
         return out
 
-    def _sample(self, latents, state, prompt, opts: InferOptions, noise_seed, blocks) -> dict:
+    def _sample(self, latents, state, prompt, opts: InferOptions, seeds: list, blocks) -> dict:
         ch, inf = self.v.chunk, self.v.inference
         steps = opts.steps or inf.steps
-        gen = torch.Generator(latents.device).manual_seed(noise_seed) if noise_seed is not None else None
+        gens = [None if s is None else torch.Generator(latents.device).manual_seed(s) for s in seeds]
         B, g = latents.shape[0], self.tokens_per_frame
         H = ch.actions
         sig = flow.sigma_grid(steps, inf.shift)
         cond = self.context(prompt, state)
         use_cfg = inf.cfg_scale != 1.0
         ctxs = [cond, self.context([None] * B, state)] if use_cfg else [cond]
-        evals = 0
+        computed = torch.zeros(B, dtype=torch.long, device="cpu")   # denoising steps computed, per sample
+        passes = torch.zeros(B, dtype=torch.long, device="cpu")     # network forwards, per sample
         f0 = latents[:, 0]
-        z = lambda shape: torch.randn(shape, generator=gen)  # noqa: E731
+        z = lambda shape: torch.cat([torch.randn((1, *shape[1:]), generator=gn) for gn in gens])  # noqa: E731
         proc = inf.procedure
         out: dict = {}
 
         def denoise(video_noisy, video_pre, video_pre_labels, video_lab, video_pos, act_lab, act_pos, ctxs_, prefix_fn):
-            """Shared Euler loop over (optional) noisy video + (optional) noisy actions."""
-            nonlocal evals
+            """Shared Euler loop over (optional) noisy video + (optional) noisy actions.
+
+            The DiT cache decides per sample (its own velocity history), and a step runs the
+            network on the samples that compute it only, so a skip never depends on batch-mates."""
             x_v, x_a = video_noisy, (z((B, act_pos.shape[0], self.action_size)) if act_lab is not None else None)
             prefixes = self._prefills(prefix_fn, ctxs_, opts)
-            cache = DitCache(opts.dit_cache if video_noisy is not None else None, steps)  # the rule reads video
+            if opts.kv_cache and video_pre is not None:
+                passes.add_(1 if (opts.cfg_batch and len(ctxs_) == 2) else len(ctxs_))
+            caches = [DitCache(opts.dit_cache if video_noisy is not None else None, steps) for _ in range(B)]
             last_v = last_a = None
+            cfg = inf.cfg_scale if x_v is not None else 1.0
             for i in range(steps):
                 s0, s1 = sig[i].item(), sig[i + 1].item()
-                if i == 0 or cache.run(i):
-                    cur_v = [] if x_v is None else [Tokens(x_v, video_pos, torch.full(x_v.shape[:2], s0))]
-                    cur_a = None if x_a is None else Tokens(x_a, act_pos, torch.full(x_a.shape[:2], s0))
-                    q_lab = Labels.cat(([video_lab] if x_v is not None else []) + ([act_lab] if x_a is not None else []))
+                run = [True] * B if i == 0 else [c.run(i) for c in caches]
+                if any(run):
+                    idx = None if all(run) else torch.tensor([j for j in range(B) if run[j]])
+                    take = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])  # noqa: E731
+                    xv, xa = take(x_v), take(x_a)
+                    n = B if idx is None else len(idx)
+                    cs = [take(c) for c in ctxs_]
+                    pres = [None if p is None else ([(take(k), take(v)) for k, v in p[0]], p[1]) for p in prefixes]
+                    cur_v = [] if xv is None else [Tokens(xv, video_pos, torch.full(xv.shape[:2], s0))]
+                    cur_a = None if xa is None else Tokens(xa, act_pos, torch.full(xa.shape[:2], s0))
+                    q_lab = Labels.cat(([video_lab] if xv is not None else []) + ([act_lab] if xa is not None else []))
                     if prefixes[0] is None and video_pre is not None:   # O0: recompute the clean context
-                        vid = Tokens(torch.cat([video_pre.x] + [t.x for t in cur_v], 1),
+                        vid = Tokens(torch.cat([take(video_pre.x)] + [t.x for t in cur_v], 1),
                                      torch.cat([video_pre.pos] + [t.pos for t in cur_v]),
-                                     torch.cat([video_pre.sigma] + [t.sigma for t in cur_v], 1))
+                                     torch.cat([video_pre.sigma[:n]] + [t.sigma for t in cur_v], 1))
                         q_full = Labels.cat([video_pre_labels, q_lab])
                         nv = video_pre.x.shape[1]
-                        pv, pa = self._guided(vid, cur_a, ctxs_, q_full, [None] * len(ctxs_), inf.cfg_scale if x_v is not None else 1.0, opts)
+                        pv, pa, k = self._guided(vid, cur_a, cs, q_full, [None] * len(cs), cfg, opts)
                         pv = pv[:, nv:] if pv is not None else None
                     else:
                         vid = cur_v[0] if cur_v else None
-                        pv, pa = self._guided(vid, cur_a, ctxs_, q_lab, prefixes, inf.cfg_scale if x_v is not None else 1.0, opts)
-                    evals += 1
-                    last_v, last_a = pv, pa
+                        pv, pa, k = self._guided(vid, cur_a, cs, q_lab, pres, cfg, opts)
+                    sel = slice(None) if idx is None else idx.cpu()
+                    computed[sel] += 1
+                    passes[sel] += k
+                    if idx is None:
+                        last_v, last_a = pv, pa
+                    else:
+                        if pv is not None:
+                            last_v = last_v.clone()
+                            last_v[idx] = pv
+                        if pa is not None:
+                            last_a = last_a.clone()
+                            last_a[idx] = pa
                     if x_v is not None:
-                        cache.record(pv)
+                        for r, j in enumerate(range(B) if idx is None else idx.tolist()):
+                            caches[j].record(pv[r:r + 1])
                 x_v = flow.euler(x_v, last_v, s0, s1) if x_v is not None else None
                 x_a = flow.euler(x_a, last_a, s0, s1) if x_a is not None else None
             return x_v, x_a
@@ -355,5 +404,24 @@ class WorldActionModel(nn.Module):
         else:
             raise ValueError(f"unknown inference procedure '{proc}'")
         out["actions"] = a
-        out["evals"] = evals
+        out["effective_steps"] = computed.tolist()
+        out["forward_passes"] = passes.tolist()
         return out
+
+
+def _scatter(outs: list[tuple[list[int], dict]], B: int) -> dict:
+    """Put the outputs of sample groups (index list, output) back in batch order."""
+    first = outs[0][1]
+    out: dict = {}
+    for key, val in first.items():
+        if torch.is_tensor(val):
+            full = val.new_zeros((B, *val.shape[1:]))
+            for idx, o in outs:
+                full[idx] = o[key]
+        else:
+            full = [None] * B
+            for idx, o in outs:
+                for r, j in enumerate(idx):
+                    full[j] = o[key][r]
+        out[key] = full
+    return out

@@ -1,12 +1,16 @@
-"""Inference API: `load_policy(checkpoint)`, `policy.reset()`, `policy.infer(obs) -> actions`.
+"""Inference API: `load_policy(checkpoint)`, `policy.reset()`, `policy.infer(obs) -> actions`,
+and the batch form `policy.infer_batch(observations, noise_seeds, states)`.
 
 The policy runs its variant's procedure under an optimization level and reports its own
 latency. DreamZero-style policies keep the observed frames across calls: after each executed
-chunk the real frames replace the prediction in the context (observation injection).
+chunk the real frames replace the prediction in the context (observation injection). That
+per-episode memory lives in an `EpisodeContext` (`new_state()`), one per episode, so one policy
+serves many episodes in one batch; `infer` is a batch of one over the policy's own context.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,14 @@ def smooth_actions(actions: np.ndarray, window: int = 7, order: int = 2) -> np.n
     return savgol_filter(up, window, order, axis=0, mode="interp")[::2].astype(a.dtype)
 
 
+@dataclass
+class EpisodeContext:
+    """One episode's memory for chunk-autoregressive procedures: the anchor frame's latents and
+    the observed chunks since (empty and unused for the other procedures)."""
+    f0: torch.Tensor | None = None
+    blocks: list = field(default_factory=list)
+
+
 class Policy:
     def __init__(self, model, meta: dict, opts: InferOptions | None = None, level: str = "O1-kvcache",
                  smoothing: bool = False):
@@ -50,9 +62,16 @@ class Policy:
         self.chunk = v.chunk
         self.action_horizon = v.inference.action_horizon
         self.procedure = v.inference.procedure
-        self.last_latency_ms = 0.0   # wall time of the last `infer`, encoding to denormalized actions
-        self.last_evals = 0          # network calls in it (effective denoising steps, DiT cache included)
+        self.last_latency_ms = 0.0      # wall time of the last call (its whole batch), encoding to denormalized actions
+        self.last_effective_steps = 0   # denoising steps computed in the last `infer` (DiT cache skips excluded)
+        self.last_forward_passes = 0    # network forwards in it (prefills and both CFG passes counted)
+        self.last_stats: list[dict] = []  # per sample of the last call: latency_ms, batch_size, effective_steps, forward_passes
         self.reset()
+
+    @property
+    def last_evals(self) -> int:
+        """Old name of `last_effective_steps` (kept for callers that read it)."""
+        return self.last_effective_steps
 
     @property
     def needs_history(self) -> bool:
@@ -64,43 +83,74 @@ class Policy:
         return self.chunk.frame_stride
 
     def reset(self) -> None:
-        self._f0 = None
-        self._blocks: list[torch.Tensor] = []
+        """Start a new episode for `infer` (batch callers hold one `new_state()` per episode)."""
+        self._state = self.new_state()
+
+    def new_state(self) -> EpisodeContext:
+        return EpisodeContext()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def _encode(self, images: list[np.ndarray]) -> torch.Tensor:
-        frames = torch.from_numpy(np.stack(images))[None]          # (1, T, H, W, 3)
-        return self.model.codec.encode(frames)                      # (1, T, g², C)
+        frames = torch.from_numpy(np.stack(images))[None].to(self.device)   # (1, T, H, W, 3)
+        return self.model.codec.encode(frames)                              # (1, T, g², C)
 
-    def _context(self, obs: Observation, cur: torch.Tensor):
+    def _context(self, obs: Observation, cur: torch.Tensor, st: EpisodeContext):
         """Chunk-autoregressive context: anchor frame + the last K-1 observed blocks."""
         lf, K = self.chunk.latent_frames, self.chunk.chunks
         hist = [h[self.camera] for h in obs.history if self.camera in h]
-        if self._f0 is None or len(hist) < lf:
-            self._f0, self._blocks = cur[:, 0], []       # first call, or an incomplete chunk: restart
+        if st.f0 is None or len(hist) < lf:
+            st.f0, st.blocks = cur[:, 0], []       # first call, or an incomplete chunk: restart
         else:
-            self._blocks.append(self._encode(hist[-lf:]).flatten(1, 2))
-        while len(self._blocks) > K - 1:                 # slide: the dropped block's last frame anchors
+            st.blocks.append(self._encode(hist[-lf:]).flatten(1, 2))
+        while len(st.blocks) > K - 1:              # slide: the dropped block's last frame anchors
             g = self.model.tokens_per_frame
-            self._f0 = self._blocks.pop(0)[:, -g:]
-        return self._f0[:, None], list(self._blocks)
+            st.f0 = st.blocks.pop(0)[:, -g:]
+        return st.f0[:, None], list(st.blocks)
 
     @torch.no_grad()
-    def infer(self, obs: Observation, noise_seed: int | None = None) -> np.ndarray:
-        """Action chunk (H, action_dim) in the environment's units for the current observation."""
-        if self.camera not in obs.images:
-            raise KeyError(f"policy needs camera '{self.camera}', observation has {list(obs.images)}")
+    def infer_batch(self, observations: list[Observation], noise_seeds: list[int | None] | None = None,
+                    states: list[EpisodeContext] | None = None) -> list[np.ndarray]:
+        """One forward for B observations (of B episodes, each with its `EpisodeContext` when the
+        procedure keeps history) -> B action chunks (H, action_dim) in the environment's units.
+
+        Sample j's chunk depends only on observation j, seed j and state j (per-sample noise
+        generators; dreamzero samples grouped by context length), never on its batch-mates."""
+        B = len(observations)
+        seeds = list(noise_seeds) if noise_seeds is not None else [None] * B
+        if states is None:
+            if self.needs_history:
+                raise ValueError("infer_batch: a history-keeping procedure needs one state per observation")
+            states = [None] * B
+        if not (len(seeds) == len(states) == B):
+            raise ValueError(f"infer_batch: {B} observations, {len(seeds)} seeds, {len(states)} states")
+        for obs in observations:
+            if self.camera not in obs.images:
+                raise KeyError(f"policy needs camera '{self.camera}', observation has {list(obs.images)}")
         t0 = time.perf_counter()
-        cur = self._encode([obs.images[self.camera]])
+        cur = [self._encode([o.images[self.camera]]) for o in observations]
         blocks = None
         if self.needs_history:
-            cur, blocks = self._context(obs, cur)
-        state = torch.from_numpy(np.array(obs.state, dtype=np.float32))[None]
-        out = self.model.sample(cur, state, [obs.instruction], self.opts, noise_seed, blocks)
-        actions = self.model.denorm_action(out["actions"])[0].float().numpy()
-        if self.smoothing:
-            actions = smooth_actions(actions)
-        self.last_latency_ms = (time.perf_counter() - t0) * 1000
-        self.last_evals = out["evals"]
+            pairs = [self._context(o, c, st) for o, c, st in zip(observations, cur, states)]
+            cur, blocks = [p[0] for p in pairs], [p[1] for p in pairs]
+        state = torch.from_numpy(np.stack([np.asarray(o.state, dtype=np.float32) for o in observations])).to(self.device)
+        out = self.model.sample(torch.cat(cur), state, [o.instruction for o in observations], self.opts, seeds, blocks)
+        actions = self.model.denorm_action(out["actions"]).float().cpu().numpy()
+        chunks = [smooth_actions(a) if self.smoothing else a for a in actions]
+        ms = (time.perf_counter() - t0) * 1000
+        self.last_latency_ms = ms
+        self.last_stats = [{"latency_ms": ms, "batch_size": B, "effective_steps": e, "forward_passes": f}
+                           for e, f in zip(out["effective_steps"], out["forward_passes"])]
+        return chunks
+
+    def infer(self, obs: Observation, noise_seed: int | None = None) -> np.ndarray:
+        """Action chunk (H, action_dim) in the environment's units for the current observation
+        (a batch of one over this policy's own episode context)."""
+        actions = self.infer_batch([obs], [noise_seed], [self._state])[0]
+        self.last_effective_steps = self.last_stats[0]["effective_steps"]
+        self.last_forward_passes = self.last_stats[0]["forward_passes"]
         return actions
 
 

@@ -36,6 +36,10 @@ class Observation:
 class SuiteEnv(abc.ABC):
     """One task of a suite. Rendering happens only in `observe(render=True)`."""
 
+    # How a remote client's request maps onto an Observation (`wam-bench serve`): client key ->
+    # camera for images, the state key, the prompt key. None: `serve_keys` derives one.
+    SERVE_KEYS: dict | None = None
+
     def __init__(self, spec: SuiteSpec, task_index: int):
         self.spec = spec
         self.task_index = task_index
@@ -74,12 +78,28 @@ class SuiteEnv(abc.ABC):
         self.close()
 
 
-def make_env(spec: SuiteSpec, task_index: int) -> SuiteEnv:
+def adapter_class(spec: SuiteSpec) -> type[SuiteEnv]:
     target = ADAPTERS.get(spec.adapter, spec.adapter if ":" in spec.adapter else None)
     if target is None:
         raise ConfigError(f"suite '{spec.name}': unknown adapter '{spec.adapter}'; known: {', '.join(ADAPTERS)}, "
                           "or a 'module:Class' path to your own SuiteEnv")
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_env(spec: SuiteSpec, task_index: int) -> SuiteEnv:
+    cls = adapter_class(spec)
     if not 0 <= task_index < len(spec.tasks):
         raise ConfigError(f"suite '{spec.name}' has {len(spec.tasks)} tasks; task index {task_index} is out of range")
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)(spec, task_index)
+    return cls(spec, task_index)
+
+
+def serve_keys(spec: SuiteSpec) -> dict:
+    """The suite's client-key mapping: {"images": {client key: camera}, "state": key, "prompt": key}.
+    Without an adapter declaration: the first camera is `observation/image`, others `observation/<camera>`."""
+    keys = adapter_class(spec).SERVE_KEYS
+    if keys is None:
+        cams = list(spec.cameras)
+        keys = {"images": {("observation/image" if i == 0 else f"observation/{c}"): c for i, c in enumerate(cams)},
+                "state": "observation/state", "prompt": "prompt"}
+    return keys

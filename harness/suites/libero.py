@@ -135,6 +135,9 @@ def quat2axisangle(q: np.ndarray) -> np.ndarray:
 
 class LiberoEnv(SuiteEnv):
     """One LIBERO task: fixed init states, settle steps, on-demand cameras, BDDL task progress."""
+    # openpi's examples/libero client: images already rotated 180 degrees, as our cameras render them
+    SERVE_KEYS = {"images": {"observation/image": "agentview", "observation/wrist_image": "wrist"},
+                  "state": "observation/state", "prompt": "prompt"}
 
     def __init__(self, spec: SuiteSpec, task_index: int):
         super().__init__(spec, task_index)

@@ -131,6 +131,7 @@ def stored_init(task_name: str, index: int, layout: str = "fixed") -> dict:
 
 class TabletopEnv(SuiteEnv):
     """One task of the tabletop suite: physics always, rendering only on `observe(render=True)`."""
+    SERVE_KEYS = {"images": {"observation/image": "front"}, "state": "observation/state", "prompt": "prompt"}
 
     def __init__(self, spec: SuiteSpec, task_index: int):
         if not 0 <= task_index < len(spec.tasks):
