@@ -301,7 +301,7 @@ def _fmt(v) -> str:
 def report(study, space: Space, out: Path) -> list:
     """Print the best trial or the Pareto front; write trials.csv, front.md and a plot."""
     from optuna.trial import TrialState
-    from harness.bench import markdown_table
+    from harness.results.tables import dict_table
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         print("[sweep] no finished trials yet")
@@ -312,7 +312,7 @@ def report(study, space: Space, out: Path) -> list:
     front = [row(t) for t in sorted(best, key=lambda t: t.values)]
     out.mkdir(parents=True, exist_ok=True)
     title = "Pareto front" if len(names) > 1 else "best trial"
-    text = f"# sweep {space.study}: {title} ({len(done)} trials)\n\n{markdown_table(front)}\n"
+    text = f"# sweep {space.study}: {title} ({len(done)} trials)\n\n{dict_table(front)}"
     (out / "front.md").write_text(text)
     import csv
     rows = [row(t) for t in done]
@@ -320,7 +320,7 @@ def report(study, space: Space, out: Path) -> list:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
-    print(f"[sweep] {title} of {len(done)} finished trials:\n{markdown_table(front)}")
+    print(f"[sweep] {title} of {len(done)} finished trials:\n{dict_table(front)}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
