@@ -51,7 +51,6 @@ def _grid(ckpt: str, suite: str, cells: int, episodes: int, workers: int, root: 
 
 
 def measure(args) -> dict:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     suite = args.suite or "tabletop"
     cells, episodes, reps = (4, 1, 1) if args.quick else (6, 2, 2)
     with tempfile.TemporaryDirectory(prefix="wam-scaling-") as d:

@@ -8,13 +8,13 @@ reported as that episode's error, never as a task failure.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
 from harness.config import SuiteSpec
+from harness.env import apply, forwarded
 from harness.suites.base import Observation, make_env
 
 
@@ -38,7 +38,7 @@ def _observe(env, render):
 
 def _worker(conn, spec: SuiteSpec, env_vars: dict):
     """Runs in a child process: owns the simulators, answers reset / chunk / expert commands."""
-    os.environ.update(env_vars)
+    apply(env_vars)
     envs: dict[int, object] = {}
     ep: EpisodeState | None = None
     env = None
@@ -110,8 +110,7 @@ class WorkerPool:
     def __init__(self, spec: SuiteSpec, n: int):
         self.spec = spec
         self.ctx = mp.get_context("spawn")
-        env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_ASSETS") if k in os.environ}
-        env_vars.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env_vars = {**forwarded(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.env_vars = env_vars
         self.conns, self.procs = [], []
         for _ in range(n):

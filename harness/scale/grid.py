@@ -250,7 +250,6 @@ def options_from_args(args) -> GridOptions:
 
 
 def main(args) -> int:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = run_grid(options_from_args(args), ray_options_from_args(args))

@@ -127,8 +127,8 @@ def run_preset(preset: Preset, root: Path, checkpoint: str | None = None, datase
         calibration_block()  # warm the calibration like the policy's own warm-up call
     print(f"[nightly] evaluate at {preset.level}: {preset.episodes} episodes x {len(spec.tasks)} tasks", flush=True)
     cell = store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed, preset.level))
-    res = evaluate_cell(cell, spec, cal, config=cfg, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
-                        workers=workers, progress=True)
+    evaluate_cell(cell, spec, cal, config=cfg, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
+                  workers=workers, progress=True)
     out = cell_summary(cell)
     calib = float(np.median(cal.calibration_ms))
     lat = out["latency_p50_ms"]
@@ -233,7 +233,6 @@ def add_arguments(p):
 def main(args) -> int:
     from harness.results.provenance import git_state, hardware
     from harness.results.store import atomic_write_json
-    os.environ.setdefault("MUJOCO_GL", "egl")
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'; presets: {', '.join(PRESETS)}")
     if not args.latency_ratio > 1 or not 0 < args.alpha < 1:

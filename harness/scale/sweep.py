@@ -220,7 +220,8 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
     import optuna
     import ray
     from optuna.trial import TrialState
-    from harness.scale.ray_cells import ENV_VARS, RayOptions, _run_cell, check_resources, connect
+    from harness.env import forwarded
+    from harness.scale.ray_cells import RayOptions, _run_cell, check_resources, connect
     from harness.results.store import CellKey
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ro = ro or RayOptions()
@@ -248,8 +249,7 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
         check_resources(ro)
         cpus = ray.cluster_resources().get("CPU", 1)
         parallel = parallel or max(1, int(cpus // ro.cpus_per_cell))
-        env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
-        env.setdefault("MUJOCO_GL", "egl")
+        env = forwarded()
         run_id, driver = uuid.uuid4().hex[:12], f"{socket.gethostname()}:{os.getpid()}"
         remote = ray.remote(_run_cell)
         running: dict = {}
@@ -364,7 +364,6 @@ def add_arguments(p):
 
 def main(args) -> int:
     from harness.scale.grid import ray_options_from_args
-    os.environ.setdefault("MUJOCO_GL", "egl")
     space = load_space(args.space)
     if args.study:
         space = dataclasses.replace(space, study=args.study)
