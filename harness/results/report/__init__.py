@@ -1,7 +1,7 @@
 """`wam-bench report`: tables, plots and one HTML page per experiment, from the results store.
 
 Writes `reports/<experiment>/`: ablation.{md,tex,csv} (variant x suite), ladder.{md,tex,csv}
-(variant x level), cells.csv, plots as PNG and SVG, and a self-contained index.html.
+(variant x level), per_task.{md,csv} (variant x task), cells.csv, plots as PNG and SVG, and a self-contained index.html.
 
 Numbers are recomputed from the episode records (the store's source of truth), pooled over
 seeds per (variant, suite, level). The ablation table shows each variant at its *headline
@@ -33,8 +33,9 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
     from harness.results.report import plots
     from harness.results.report.collect import collect
     from harness.results.report.html import write_html
-    from harness.results.report.rows import (ABLATION_CAPTION, LADDER_COLS, ablation_grid, ablation_rows,
-                                             ladder_caption, ladder_grid, ladder_rows)
+    from harness.results.report.rows import (ABLATION_CAPTION, LADDER_COLS, PER_TASK_CAPTION, PER_TASK_COLS,
+                                             ablation_grid, ablation_rows, ladder_caption, ladder_grid,
+                                             ladder_rows, per_task_grid, per_task_rows)
     from harness.results.tables import latex, markdown, write_csv
 
     store = Store(store_root)
@@ -63,6 +64,11 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
     (out / "ladder.md").write_text(f"<!-- {lcaption} -->\n" + markdown(LADDER_COLS, lbody))
     (out / "ladder.tex").write_text(latex(LADDER_COLS, lbody, lcaption, f"tab:{experiment}-ladder", lead=3))
 
+    tasks = per_task_rows(col)
+    write_csv(out / "per_task.csv", tasks, ["variant", "suite", "level", "task", "n", "success_pct", "progress_mean"])
+    tbody = per_task_grid(tasks)
+    (out / "per_task.md").write_text(f"<!-- {PER_TASK_CAPTION} -->\n" + markdown(PER_TASK_COLS, tbody))
+
     write_csv(out / "cells.csv", [{"variant": c.key.variant, "suite": c.key.suite, "seed": c.key.seed,
                                    "level": c.key.opt_level, "status": c.status(), "path": str(c.path)}
                                   for c in col.cells], ["variant", "suite", "seed", "level", "status", "path"])
@@ -76,7 +82,8 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
         r = fn()
         drawn[title] = (r, None) if r.endswith(".png") else (None, r)
     tables = {"Ablation (variant × suite)": (header, body, ABLATION_CAPTION),
-              "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption)}
+              "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption),
+              "Per task (headline level)": (PER_TASK_COLS, tbody, PER_TASK_CAPTION)}
     return write_html(col, out, {"tables": tables, "plots": drawn})
 
 

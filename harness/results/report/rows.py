@@ -116,6 +116,31 @@ def ablation_grid(col: Collected, rows: list[dict]) -> tuple[list[str], list[lis
     return header, body, groups
 
 
+def per_task_rows(col: Collected) -> list[dict]:
+    """One row per (variant, suite, task) at the variant's headline level: the heatmap's numbers."""
+    rows = []
+    for v in col.variants:
+        level = col.headline_level(v)
+        for s in col.suites:
+            g = col.groups.get((v, s, level)) if level else None
+            for task, t in (g.per_task if g else {}).items():
+                rows.append({"variant": v, "suite": s, "level": level, "task": task, "n": t["n"],
+                             "success_pct": _round(100 * t["success_rate"]), "progress_mean": _round(t["progress_mean"])})
+    return rows
+
+
+PER_TASK_COLS = ["variant", "suite", "level", "task", "n", "success %", "progress"]
+
+
+def per_task_grid(rows: list[dict]) -> list[list[str]]:
+    return [[r["variant"], r["suite"], r["level"], r["task"], str(r["n"]), _num(r["success_pct"], 1),
+             _num(r["progress_mean"], 3) or "—"] for r in rows]
+
+
+PER_TASK_CAPTION = ("Success % and task progress (final, mean) per task at each variant's headline level, "
+                    "valid episodes pooled over seeds.")
+
+
 LADDER_COLS = ["variant", "suite", "level", "n", "latency p50 ms", "latency p95 ms", "speed-up",
                "effective steps", "progress [95% CI]", "success %", "paper speed-up H100 / GB200"]
 
