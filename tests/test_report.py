@@ -284,10 +284,12 @@ def _expected(cell_dir: Path) -> dict:
                           np.mean([e["progress"] for e in es])) for t, es in tasks.items()}}
 
 
-def _line(text: str, *keys: str) -> str:
-    lines = [ln for ln in text.splitlines() if all(k in ln for k in keys)]
-    assert len(lines) == 1, (keys, lines)
-    return lines[0]
+def _cells(text: str, key: str) -> list[str]:
+    """The cells of the one Markdown or LaTeX table row containing `key`."""
+    lines = [ln for ln in text.splitlines() if key in ln]
+    assert len(lines) == 1, (key, lines)
+    line = lines[0].strip().removesuffix(r"\\").strip().strip("|")
+    return [c.strip() for c in line.split(" & " if " & " in line else " | ")]
 
 
 def test_every_table_number_equals_the_episodes(real_run):
@@ -313,8 +315,7 @@ def test_every_table_number_equals_the_episodes(real_run):
         cells = [f"{round(w['p50'], 2):.1f}", f"{round(w['p95'], 2):.1f}", f"{round(speed, 3):.2f}",
                  f"{round(w['eff'], 2):.2f}", f"{w['progress']:.2f} [{w['plo']:.2f}, {w['phi']:.2f}]",
                  f"{round(w['success'], 4):.1f}"]
-        row_md = _line(md, f"| {lvl} |").split(" | ")
-        row_tex = _line(tex, f"& {lvl} &").split(" & ")
+        row_md, row_tex = _cells(md, f"| {lvl} |"), _cells(tex, f"& {lvl} &")
         assert row_md[4:10] == [cells[0], cells[1], cells[2] + "×", cells[3], cells[4], cells[5]], row_md
         assert row_tex[4:10] == [cells[0], cells[1], cells[2] + r"$\times$", cells[3], cells[4], cells[5]], row_tex
     assert float(ladder["O1-kvcache"]["speedup"]) == 1.0
@@ -335,8 +336,8 @@ def test_every_table_number_equals_the_episodes(real_run):
         text = [f"{w['success']:.1f} [{w['lo']:.1f}, {w['hi']:.1f}]",
                 f"{w['progress']:.2f} [{w['plo']:.2f}, {w['phi']:.2f}]", str(w["n"]),
                 "—" if np.isnan(w["p50"]) else f"{round(w['p50'], 2):.1f}"]
-        assert _line(amd, f"| {v} |").split(" | ")[2:6] == text
-        assert _line(atex, f"{v} & ").split(" & ")[2:6] == [t.replace("%", r"\%").replace("—", "--") for t in text]
+        assert _cells(amd, f"| {v} |")[2:6] == text
+        assert _cells(atex, f"{v} & ")[2:6] == [t.replace("%", r"\%").replace("—", "--") for t in text]
 
     # per task, at the headline level
     per = {(r["variant"], r["task"]): r for r in csv.DictReader(open(out / "per_task.csv"))}

@@ -204,7 +204,7 @@ def run_grid(o: GridOptions, ro=None) -> dict:
     failed += [(label, f"not run: {err}") for label, err in summary.blocked]
 
     # 3. report
-    index = write_report(o.root, o.experiment, o.reports, expected=expected)
+    index = write_report(o.root, o.experiment, o.reports, expected=expected, registry=Registry(list(o.include_path)))
     print(f"[report] {index}")
     print(f"[done] {time.perf_counter() - t0:.0f} s, {len(summary.failed)} failed, {len(summary.blocked)} not run")
     return {"failed": failed, "index": index, "wall_s": time.perf_counter() - t0, "summary": summary}

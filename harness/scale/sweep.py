@@ -301,7 +301,7 @@ def _fmt(v) -> str:
 def report(study, space: Space, out: Path) -> list:
     """Print the best trial or the Pareto front; write trials.csv, front.md and a plot."""
     from optuna.trial import TrialState
-    from harness.results.tables import dict_table
+    from harness.results.tables import dict_table, write_csv
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         print("[sweep] no finished trials yet")
@@ -314,12 +314,7 @@ def report(study, space: Space, out: Path) -> list:
     title = "Pareto front" if len(names) > 1 else "best trial"
     text = f"# sweep {space.study}: {title} ({len(done)} trials)\n\n{dict_table(front)}"
     (out / "front.md").write_text(text)
-    import csv
-    rows = [row(t) for t in done]
-    with open(out / "trials.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "trials.csv", [row(t) for t in done])
     print(f"[sweep] {title} of {len(done)} finished trials:\n{dict_table(front)}")
     import matplotlib
     matplotlib.use("Agg")
