@@ -348,3 +348,18 @@ def test_every_table_number_equals_the_episodes(real_run):
             assert r["level"] == lvl and int(r["n"]) == n
             assert float(r["success_pct"]) == approx(succ, 1e-4) and float(r["progress_mean"]) == approx(prog, 1e-4)
     assert "pick_red_yellow" in (out / "per_task.md").read_text()
+
+
+def test_warm_up_is_left_out_per_cell_before_pooling_seeds(report):
+    """fastwam/tabletop pools seeds 0 and 1: each cell's first (warm-up) call goes, not only seed 0's."""
+    from harness.results.report.collect import collect
+    store, _ = report
+    cells = [c for c in store.cells(EXP) if (c.key.variant, c.key.suite, c.key.opt_level) ==
+             ("fastwam", "tabletop", "O1-kvcache")]
+    assert len(cells) == 2
+    calls = [[v for e in c.episodes() for v in e["latency_ms"]] for c in cells]
+    timed = calls[0][1:] + calls[1][1:]
+    m = collect(store, EXP).groups[("fastwam", "tabletop", "O1-kvcache")].metrics
+    assert m["n_calls"] == len(timed) == sum(map(len, calls)) - 2
+    assert m["latency_ms"]["p50"] == pytest.approx(np.percentile(timed, 50))
+    assert m["latency_ms"]["p95"] == pytest.approx(np.percentile(timed, 95))
