@@ -11,7 +11,7 @@ export PYOPENGL_PLATFORM ?= egl
 # the suite's full 10 episodes per task.
 RUN_ARGS ?= --episodes 5
 
-.PHONY: run test test-slow bench setup sysdeps clean
+.PHONY: run test test-slow bench bench-gpu setup sysdeps clean
 
 run: $(STAMP)
 	$(BIN)/wam-bench run $(RUN_ARGS)
@@ -22,8 +22,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
 
+# `make bench`: the CPU figures, quick (each family in about a minute); `make bench-gpu`: the GPU
+# bench at the mid-size preset (on a machine without CUDA it says so and measures nothing).
+CPU_BENCHES := train sim eval latency
+
 bench: $(STAMP)
-	$(BIN)/wam-bench bench train --quick --out reports/bench_train.json
+	for b in $(CPU_BENCHES); do $(BIN)/wam-bench bench $$b --quick --out reports/bench_$$b.json || exit 1; done
+
+bench-gpu: $(STAMP)
+	$(BIN)/wam-bench bench gpu --out reports/bench_gpu.json
 
 setup: $(STAMP)
 

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if not pre.command:
         parser.print_help()
         return 2
+    from harness.env import gl_defaults
+    gl_defaults()  # before a command imports a simulator (MuJoCo picks its GL backend at import)
     module = importlib.import_module(COMMANDS[pre.command][0])
     cmd_parser = argparse.ArgumentParser(prog=f"wam-bench {pre.command}", description=COMMANDS[pre.command][1])
     module.add_arguments(cmd_parser)

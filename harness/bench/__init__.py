@@ -10,7 +10,6 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,29 +41,17 @@ def machine() -> dict:
 
 
 def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return None
-
-
-def markdown_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    from harness.results.provenance import git_state
+    return git_state()["commit"]
 
 
 def main(args) -> int:
+    from harness.results.tables import dict_table
     family = importlib.import_module(f"harness.bench.{args.name}")
     out = family.measure(args)
     doc = {"bench": args.name, "quick": bool(args.quick), "figures": out["figures"], "rows": out.get("rows", []),
            "notes": out.get("notes", []), "machine": machine(), "commit": git_commit()}
-    print(markdown_table(doc["rows"]))
+    print(dict_table(doc["rows"]))
     for note in doc["notes"]:
         print(f"note: {note}")
     print()

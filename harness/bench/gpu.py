@@ -24,7 +24,7 @@ def measure(args) -> dict:
     if device is None:
         return {"figures": {"gpu_available": 0}, "rows": [],
                 "notes": ["no CUDA GPU on this machine: `bench gpu` measures nothing here; "
-                          "run it where torch.cuda.is_available() (e.g. `make bench` on a GPU node)"]}
+                          "run it where torch.cuda.is_available() (`make bench-gpu` on a GPU node)"]}
     from harness.config import Registry
 
     reg = Registry(getattr(args, "include_path", None) or [])

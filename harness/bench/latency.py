@@ -1,7 +1,7 @@
 """`wam-bench bench latency`: ms per inference call for every variant x optimization level.
 
-Every applicable (variant, level) is built once (transforms applied, compiled graphs warmed up,
-compile time recorded apart), then all are timed in interleaved rounds, one call each per
+Every registered variant (or `--variants`) at every applicable level is built once (transforms
+applied, compiled graphs warmed up, compile time recorded apart), then all are timed in interleaved rounds, one call each per
 round, so a loaded shared machine slows them alike; the first round is a warm-up and is not
 counted. A level a variant does not declare is a row marked n/a, never run as another.
 
@@ -33,7 +33,6 @@ import torch
 from harness.config import Registry, resolve_variant
 from harness.errors import UserError
 
-VARIANTS = ["fastwam", "fastwam-joint", "fastwam-idm", "dreamzero", "dreamzero-flash"]
 EXTRA = {"O2-cfg-parallel": ("O2-cfg-batch", {"cfg_batch": False, "cfg_parallel": True}),
          "O5-lowp[bf16]": ("O5-lowp", {"precision": "bf16"})}
 
@@ -110,7 +109,7 @@ def measure(args) -> dict:
     quick = bool(args.quick)
     reg = Registry(getattr(args, "include_path", None) or [])
     spec = reg.suite(getattr(args, "suite", None) or "tabletop")
-    variants = [v.strip() for v in (args.variants or ",".join(VARIANTS)).split(",") if v.strip()]
+    variants = [v.strip() for v in (args.variants or ",".join(reg.names("variant"))).split(",") if v.strip()]
     trained = {}
     for path in filter(None, (getattr(args, "checkpoint", None) or "").split(",")):
         sd, meta, _ = ck.load(path)
@@ -214,7 +213,7 @@ def _progress(spec, trained: dict, reg: Registry, episodes: int, compile: bool =
         apply_transforms(policy.model, level)
         recs = []
         run_episodes(spec, plan, policy, recs.append, workers=2, noise_seed=0, progress=False)
-        prog = [r["max_progress"] or 0.0 for r in recs if not r["error"]]
+        prog = [r["progress"] or 0.0 for r in recs if not r["error"]]  # final progress, as the report
         mean[(variant, label)] = float(np.mean(prog)) if prog else float("nan")
         rows.append({"variant": variant, "level": label + ("" if compile or not level.compile else " (eager)"),
                      "weights": "trained", "task_progress": mean[(variant, label)],

@@ -51,7 +51,6 @@ def _grid(ckpt: str, suite: str, cells: int, episodes: int, workers: int, root: 
 
 
 def measure(args) -> dict:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     suite = args.suite or "tabletop"
     cells, episodes, reps = (4, 1, 1) if args.quick else (6, 2, 2)
     with tempfile.TemporaryDirectory(prefix="wam-scaling-") as d:
@@ -63,7 +62,9 @@ def measure(args) -> dict:
                 walls[w].append(_grid(ckpt, suite, cells, episodes, w, tmp / f"store-{w}-{r}"))
                 print(f"[scaling] {w} worker(s): {walls[w][-1]:.1f} s for {cells} cells", flush=True)
     t1, t2 = statistics.median(walls[1]), statistics.median(walls[2])
-    rows = [{"ray_workers": w, "cells": cells, "episodes_per_cell": episodes * 4, "wall_s": statistics.median(walls[w]),
+    from harness.config import Registry
+    tasks = len(Registry(getattr(args, "include_path", None) or []).suite(suite).tasks)
+    rows = [{"ray_workers": w, "cells": cells, "episodes_per_cell": episodes * tasks, "wall_s": statistics.median(walls[w]),
              "cells_per_min": 60 * cells / statistics.median(walls[w]), "runs": len(walls[w])} for w in (1, 2)]
     notes = [f"{os.cpu_count()} cores, shared with other jobs: the ratio is what this machine gave now",
              "each eval cell: 1 CPU, 1 torch thread, 1 environment process; Ray start-up excluded"]

@@ -12,7 +12,6 @@ holds a complete dataset made with the same settings it is reused.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import Registry, SuiteSpec, spec_hash, to_dict
+from harness.env import apply, forwarded
 from harness.errors import UserError
 
 DEFAULT_NOISE = 0.1      # Gaussian std on the expert's action: diverse, still ~98% successful
@@ -124,7 +124,7 @@ def _collect(spec, episodes, seed, workers, noise, quiet):
     bar = tqdm(total=episodes, unit="ep", desc=f"demos {spec.name}", disable=quiet, dynamic_ncols=True)
     pool = None
     if workers > 1:
-        env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM") if k in os.environ}
+        env_vars = forwarded()
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                    initargs=(env_vars,))
     try:
@@ -186,7 +186,7 @@ class _Done:
 
 
 def _init_worker(env_vars: dict) -> None:
-    os.environ.update(env_vars)
+    apply(env_vars)
     try:
         import torch
         torch.set_num_threads(1)

@@ -8,13 +8,13 @@ reported as that episode's error, never as a task failure.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
 from harness.config import SuiteSpec
+from harness.env import apply, forwarded
 from harness.suites.base import Observation, make_env
 
 
@@ -48,7 +48,7 @@ class _Slot:
 def _worker(conn, spec: SuiteSpec, env_vars: dict):
     """Runs in a child process: owns the simulators of its slots, answers reset / chunk / expert
     commands. Every message carries its slot index, every reply too."""
-    os.environ.update(env_vars)
+    apply(env_vars)
     slots: dict[int, _Slot] = {}
     while True:
         try:
@@ -127,8 +127,7 @@ class WorkerPool:
         self.per = envs_per_worker
         self.slots = n * envs_per_worker
         self.ctx = mp.get_context("spawn")
-        env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_ASSETS") if k in os.environ}
-        env_vars.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env_vars = {**forwarded(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.env_vars = env_vars
         self.conns, self.procs = [], []
         for _ in range(n):

@@ -21,3 +21,8 @@ def paper_success_pct(variant: str, suite: str) -> float | None:
 def paper_ladder() -> dict[str, dict]:
     """{our level: ladder step} for the DreamZero steps that have a level of ours."""
     return {s["level"]: s for s in papers()["dreamzero"]["ladder"] if s["level"]}
+
+
+def paper_baseline_level() -> str:
+    """Our level that DreamZero's baseline maps to: the one base of every speed-up the report shows."""
+    return next(s["level"] for s in papers()["dreamzero"]["ladder"] if s["step"] == "baseline")

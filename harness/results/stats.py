@@ -118,3 +118,39 @@ def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> float:
     from scipy.stats import fisher_exact
     _, p = fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="greater")
     return float(min(1.0, p))
+
+
+def fisher_critical(k1: int, n1: int, n2: int, alpha: float) -> int:
+    """The most successes out of n2 that `two_proportion_test` still flags against a baseline of
+    k1/n1 at `alpha` (-1: no outcome is flagged). The p-value grows with k2, so the flagged
+    outcomes are exactly 0..critical."""
+    crit = -1
+    for k2 in range(n2 + 1):
+        if two_proportion_test(k1, n1, k2, n2) >= alpha:
+            break
+        crit = k2
+    return crit
+
+
+def detectable_drop(k1: int, n1: int, n2: int, alpha: float, power: float = 0.8) -> float | None:
+    """The gate's power as one number: the smallest fall of the true success rate below the
+    baseline's k1/n1 that a run of n2 episodes flags with probability >= `power`.
+
+    Exact, conditional on the blessed baseline (it is fixed once written): the run is flagged
+    when its successes are <= `fisher_critical`, which happens with probability
+    Binomial(n2, p).cdf(critical) at true rate p. None when no outcome can be flagged."""
+    from scipy.stats import binom
+    crit = fisher_critical(k1, n1, n2, alpha)
+    if crit < 0 or n1 == 0:
+        return None
+    p0 = k1 / n1
+    lo, hi = 0.0, p0       # binom.cdf(crit, n2, p) falls as p rises: bisect for where it crosses `power`
+    if binom.cdf(crit, n2, hi) >= power:
+        return 0.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if binom.cdf(crit, n2, mid) >= power:
+            lo = mid
+        else:
+            hi = mid
+    return p0 - lo

@@ -413,7 +413,7 @@ def cell_row(cell: Cell) -> dict:
 
 
 def main(args) -> int:
-    from harness.bench import markdown_table
+    from harness.results.tables import dict_table
     store = Store(args.root)
     if args.experiment and args.experiment not in store.experiments():
         have = ", ".join(store.experiments()) or "none"
@@ -422,5 +422,5 @@ def main(args) -> int:
     if not cells:
         print(f"no cells in {store.root}")
         return 0
-    print(markdown_table([cell_row(c) for c in cells]))
+    print(dict_table([cell_row(c) for c in cells]), end="")
     return 0

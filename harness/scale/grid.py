@@ -16,13 +16,16 @@ from pathlib import Path
 from harness.config import Registry, ResolvedVariant, override, resolve_variant
 from harness.errors import UserError
 
-DEFAULT_VARIANTS = ["fastwam", "fastwam-joint", "fastwam-idm", "fastwam-no-cotrain", "dreamzero", "dreamzero-flash"]
+
+def all_variants(include_path=()) -> tuple:
+    """The default grid: every variant the registry knows (built-in, plus --include-path folders)."""
+    return tuple(Registry(list(include_path)).names("variant"))
 
 
 @dataclass
 class GridOptions:
     experiment: str = "default"
-    variants: tuple = tuple(DEFAULT_VARIANTS)
+    variants: tuple = field(default_factory=all_variants)
     suites: tuple = ("tabletop",)
     seeds: tuple = (0,)
     levels: tuple = ("O1-kvcache",)
@@ -199,7 +202,7 @@ def run_grid(o: GridOptions, ro=None) -> dict:
     failed += [(label, f"not run: {err}") for label, err in summary.blocked]
 
     # 3. report
-    index = write_report(o.root, o.experiment, o.reports, expected=expected)
+    index = write_report(o.root, o.experiment, o.reports, expected=expected, registry=Registry(list(o.include_path)))
     print(f"[report] {index}")
     print(f"[done] {time.perf_counter() - t0:.0f} s, {len(summary.failed)} failed, {len(summary.blocked)} not run")
     return {"failed": failed, "index": index, "wall_s": time.perf_counter() - t0, "summary": summary}
@@ -207,7 +210,7 @@ def run_grid(o: GridOptions, ro=None) -> dict:
 
 def add_arguments(p):
     p.add_argument("--experiment", default="default")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--variants", default=None, help="comma-separated (default: every variant the registry knows)")
     p.add_argument("--suites", default="tabletop")
     p.add_argument("--seeds", default="0")
     p.add_argument("--levels", default="O1-kvcache", help="comma-separated optimization levels to evaluate")
@@ -241,14 +244,14 @@ def ray_options_from_args(args):
 
 def options_from_args(args) -> GridOptions:
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
-    return GridOptions(experiment=args.experiment, variants=split(args.variants), suites=split(args.suites),
+    variants = split(args.variants) if args.variants else all_variants(args.include_path)
+    return GridOptions(experiment=args.experiment, variants=variants, suites=split(args.suites),
                        seeds=tuple(int(x) for x in split(args.seeds)), levels=split(args.levels), demos=args.demos,
                        steps=args.steps, episodes=args.episodes, workers=args.workers, root=args.root,
                        reports=args.reports, references=not args.no_references, include_path=tuple(args.include_path))
 
 
 def main(args) -> int:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = run_grid(options_from_args(args), ray_options_from_args(args))

@@ -10,8 +10,14 @@ seeded: the same code gives the same episodes) and compares it with
   interleaved with the calls (one calibration block after every call), fails when the ratio to
   the baseline's exceeds --latency-ratio (default 1.25).
 
-Prints the comparison table, writes reports/nightly/<preset>/comparison.{md,json}, exits 1 on a
-regression; `--bless` writes the run as the new baseline instead of comparing.
+Prints the comparison table and the gate's power (the smallest drop in success it catches
+with 80% probability at the preset's n and alpha), writes
+reports/nightly/<preset>/comparison.{md,json}, exits 1 on a regression; `--bless` writes the run
+as the new baseline instead of comparing.
+
+The preset is sized by that power: 30 episodes per task (120 on tabletop's four tasks) catch a
+20-point drop in success with 80% probability at alpha 0.01 for any baseline rate from 20% to 95%
+(`test_nightly.py` checks it); the earlier 5 per task caught only drops of about 40 points.
 """
 from __future__ import annotations
 
@@ -34,16 +40,17 @@ class Preset:
     level: str = "O1-kvcache"
     steps: int = 2000
     demos: int = 500
-    episodes: int = 5          # per task
+    episodes: int = 30         # per task: sized so a 20-point drop in success is caught (see above)
     seed: int = 0
 
 
 PRESETS = {
-    # the nightly job: fastwam (tiny backbone) on tabletop, the default training, 20 episodes
+    # the nightly job: fastwam (tiny backbone) on tabletop, the default training, 120 episodes
     "tabletop-fastwam": Preset(),
     # seconds, for tests and spot checks: a barely trained policy, 4 episodes
     "smoke": Preset(steps=20, demos=8, episodes=1),
 }
+POWER = 0.8       # the probability at which the stated detectable drop is caught
 
 
 # ------------------------------------------------------------------ calibration
@@ -120,17 +127,24 @@ def run_preset(preset: Preset, root: Path, checkpoint: str | None = None, datase
         calibration_block()  # warm the calibration like the policy's own warm-up call
     print(f"[nightly] evaluate at {preset.level}: {preset.episodes} episodes x {len(spec.tasks)} tasks", flush=True)
     cell = store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed, preset.level))
-    res = evaluate_cell(cell, spec, cal, config=cfg, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
-                        workers=workers, progress=True)
+    evaluate_cell(cell, spec, cal, config=cfg, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
+                  workers=workers, progress=True)
+    out = cell_summary(cell)
+    calib = float(np.median(cal.calibration_ms))
+    lat = out["latency_p50_ms"]
+    return {**out, "calibration_ms": calib, "latency_norm": lat / calib if lat else None,
+            "checkpoint": checkpoint, "wall_s": time.perf_counter() - t0}
+
+
+def cell_summary(cell) -> dict:
+    """What the gate compares, from an eval cell's episode records."""
+    from harness.results.stats import summarize
     eps = sorted(cell.episodes(), key=lambda e: e["episode_id"])
-    m = res["metrics"]
-    lat, calib = m["latency_ms"]["p50"], float(np.median(cal.calibration_ms))
+    m = summarize(eps)
     return {"episodes": [{"episode_id": e["episode_id"], "success": e["success"], "progress": e["progress"]}
                          for e in eps],
             "success": {"k": m["n_success"], "n": m["n_valid"]}, "progress_mean": m["progress_mean"],
-            "n_errors": m["n_errors"], "latency_p50_ms": lat, "calibration_ms": calib,
-            "latency_norm": lat / calib if lat else None, "checkpoint": checkpoint,
-            "wall_s": time.perf_counter() - t0}
+            "n_errors": m["n_errors"], "latency_p50_ms": m["latency_ms"]["p50"]}
 
 
 # ------------------------------------------------------------------ the gate
@@ -176,17 +190,29 @@ def compare(base: dict, cur: dict, alpha: float = 0.01, latency_ratio: float = 1
     return rows
 
 
+def power(k1: int, n1: int, n2: int, alpha: float) -> dict:
+    """The success gate's power against a baseline of k1/n1 with n2 episodes in the run."""
+    from harness.results.stats import detectable_drop, fisher_critical
+    crit, drop = fisher_critical(k1, n1, n2, alpha), detectable_drop(k1, n1, n2, alpha, POWER)
+    if crit < 0:
+        text = (f"against the baseline's {k1}/{n1}, no outcome of {n2} episodes is flagged at alpha {alpha:g}: "
+                "the success gate cannot fire; use more episodes")
+    else:
+        text = (f"against the baseline's {k1}/{n1}, the success test fails at <= {crit}/{n2} successes "
+                f"(alpha {alpha:g}): it catches a drop of {100 * drop:.0f} points or more in the true success "
+                f"rate with {100 * POWER:.0f}% probability")
+    return {"critical": crit, "detectable_drop": drop, "power": POWER, "alpha": alpha, "text": text}
+
+
 def _f(x, digits=3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def table(rows: list[dict]) -> str:
+    from harness.results.tables import markdown
     cols = ["metric", "baseline", "current", "test", "value", "limit", "verdict"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        r = {**r, "verdict": "REGRESSION" if r["regression"] else "ok"}
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+    return markdown(cols, [[str({**r, "verdict": "REGRESSION" if r["regression"] else "ok"}[c]) for c in cols]
+                           for r in rows])
 
 
 # ------------------------------------------------------------------ command
@@ -205,9 +231,8 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    from harness.bench import git_commit, machine
+    from harness.results.provenance import git_state, hardware
     from harness.results.store import atomic_write_json
-    os.environ.setdefault("MUJOCO_GL", "egl")
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'; presets: {', '.join(PRESETS)}")
     if not args.latency_ratio > 1 or not 0 < args.alpha < 1:
@@ -224,27 +249,29 @@ def main(args) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     root = Path(args.root) / f"{args.preset}-{stamp}"
     cur = run_preset(preset, root, args.checkpoint, args.dataset, args.workers)
-    doc = {"preset_name": args.preset, "preset": asdict(preset), **cur, "commit": git_commit(), "machine": machine(),
+    doc = {"preset_name": args.preset, "preset": asdict(preset), **cur, "commit": git_state()["commit"], "machine": hardware(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "store": str(root)}
     out = Path(args.reports) / args.preset
     if args.bless:
         atomic_write_json(base_path, doc)
+        pw = power(cur["success"]["k"], cur["success"]["n"], cur["success"]["n"], args.alpha)
         print(f"[nightly] blessed {base_path}: success {cur['success']['k']}/{cur['success']['n']}, progress "
               f"{_f(cur['progress_mean'])}, latency p50 {_f(cur['latency_p50_ms'], 1)} ms "
-              f"(x{_f(cur['latency_norm'])} calibration)")
+              f"(x{_f(cur['latency_norm'])} calibration)\n[nightly] power: {pw['text']}")
         return 0
     rows = compare(base, cur, args.alpha, args.latency_ratio)
+    pw = power(base["success"]["k"], base["success"]["n"], cur["success"]["n"], args.alpha)
     bad = [r["metric"] for r in rows if r["regression"]]
     text = (f"# nightly {args.preset}\n\nbaseline: {base_path} (commit {str(base.get('commit'))[:10]}, {base.get('date')})"
-            f"\ncurrent: commit {str(doc['commit'])[:10]}, {doc['date']}, store {root}\n\n{table(rows)}\n\n"
+            f"\ncurrent: commit {str(doc['commit'])[:10]}, {doc['date']}, store {root}\n\n{table(rows)}\n"
             f"Success: one-sided Fisher exact test, progress: one-sided Welch t-test (alpha {args.alpha:g}); "
             f"latency: p50 per call / a matmul block timed after every call in the same process, "
-            f"limit x{args.latency_ratio:g} of the baseline's.\n\n"
+            f"limit x{args.latency_ratio:g} of the baseline's.\n\nPower: {pw['text']}.\n\n"
             + (f"**REGRESSION**: {', '.join(bad)}\n" if bad else "**PASS**: no regression\n"))
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(text)
-    atomic_write_json(out / "comparison.json", {"baseline": str(base_path), "rows": rows, "current": doc,
+    atomic_write_json(out / "comparison.json", {"baseline": str(base_path), "rows": rows, "current": doc, "power": pw,
                                                 "regressions": bad})
     print(f"[nightly] wrote {out / 'comparison.md'}")
     return 1 if bad else 0

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.env import apply, forwarded
 from harness.errors import UserError
 from harness.results.store import CellKey, Result, Store, atomic_write_json
 
-ENV_VARS = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_ASSETS", "WAM_BENCH_CACHE")
 ERROR_FILE = "error.txt"
 WORKER_FILE = "worker.json"
 
@@ -141,7 +141,7 @@ def _short(e: BaseException) -> str:
 
 def _run_cell(root: str, key: tuple, run_id: str, env: dict, fn: Callable, args: tuple, *deps):
     """Runs in a Ray worker: torch threads = the CPUs Ray gave this cell; failures recorded."""
-    os.environ.update(env)
+    apply(env)
     k = CellKey(*key)
     cell = Store(root).cell(k)
     cell.path.mkdir(parents=True, exist_ok=True)
@@ -225,8 +225,7 @@ def run_cells(cells: list[GridCell], root, ro: RayOptions, done_values: dict | N
         return summary
     connect(ro)
     check_resources(ro)
-    env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
-    env.setdefault("MUJOCO_GL", "egl")
+    env = forwarded()
     run_id = uuid.uuid4().hex[:12]
     remote = ray.remote(_run_cell)
     refs: dict[CellKey, Any] = {}

@@ -220,7 +220,8 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
     import optuna
     import ray
     from optuna.trial import TrialState
-    from harness.scale.ray_cells import ENV_VARS, RayOptions, _run_cell, check_resources, connect
+    from harness.env import forwarded
+    from harness.scale.ray_cells import RayOptions, _run_cell, check_resources, connect
     from harness.results.store import CellKey
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ro = ro or RayOptions()
@@ -248,8 +249,7 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
         check_resources(ro)
         cpus = ray.cluster_resources().get("CPU", 1)
         parallel = parallel or max(1, int(cpus // ro.cpus_per_cell))
-        env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
-        env.setdefault("MUJOCO_GL", "egl")
+        env = forwarded()
         run_id, driver = uuid.uuid4().hex[:12], f"{socket.gethostname()}:{os.getpid()}"
         remote = ray.remote(_run_cell)
         running: dict = {}
@@ -301,7 +301,7 @@ def _fmt(v) -> str:
 def report(study, space: Space, out: Path) -> list:
     """Print the best trial or the Pareto front; write trials.csv, front.md and a plot."""
     from optuna.trial import TrialState
-    from harness.bench import markdown_table
+    from harness.results.tables import dict_table, write_csv
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         print("[sweep] no finished trials yet")
@@ -312,15 +312,10 @@ def report(study, space: Space, out: Path) -> list:
     front = [row(t) for t in sorted(best, key=lambda t: t.values)]
     out.mkdir(parents=True, exist_ok=True)
     title = "Pareto front" if len(names) > 1 else "best trial"
-    text = f"# sweep {space.study}: {title} ({len(done)} trials)\n\n{markdown_table(front)}\n"
+    text = f"# sweep {space.study}: {title} ({len(done)} trials)\n\n{dict_table(front)}"
     (out / "front.md").write_text(text)
-    import csv
-    rows = [row(t) for t in done]
-    with open(out / "trials.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"[sweep] {title} of {len(done)} finished trials:\n{markdown_table(front)}")
+    write_csv(out / "trials.csv", [row(t) for t in done])
+    print(f"[sweep] {title} of {len(done)} finished trials:\n{dict_table(front)}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -364,7 +359,6 @@ def add_arguments(p):
 
 def main(args) -> int:
     from harness.scale.grid import ray_options_from_args
-    os.environ.setdefault("MUJOCO_GL", "egl")
     space = load_space(args.space)
     if args.study:
         space = dataclasses.replace(space, study=args.study)

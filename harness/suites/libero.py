@@ -74,7 +74,8 @@ def setup(assets: str | os.PathLike | None = None) -> Path:
     tmp.write_text(yaml.safe_dump(cfg))
     os.replace(tmp, CONFIG_DIR / "config.yaml")  # atomic: parallel workers may write it at once
     os.environ["LIBERO_CONFIG_PATH"] = str(CONFIG_DIR)
-    os.environ.setdefault("MUJOCO_GL", "egl")  # robosuite picks its GL context at import
+    from harness.env import gl_defaults
+    gl_defaults()  # robosuite picks its GL context at import
     import libero.libero as ll
     ll.config_file = str(CONFIG_DIR / "config.yaml")  # in case it was imported earlier
     ll._assets_path_cache = str(path)

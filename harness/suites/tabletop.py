@@ -20,14 +20,12 @@ regenerates it. Demo inits come from a different seed stream and never coincide 
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; must precede `import mujoco`
-import mujoco  # noqa: E402
+import mujoco  # the GL backend is chosen at import: `wam-bench` sets it first (harness.env.gl_defaults)
 
 from harness.config import ConfigError, SuiteSpec  # noqa: E402
 from harness.errors import UserError  # noqa: E402
