@@ -34,12 +34,9 @@ class InferOptions:
     kv_cache: bool = True        # encode the clean context once per call and reuse its K/V
     cfg_batch: bool = False      # conditional + unconditional in one batched forward
     cfg_parallel: bool = False   # conditional and unconditional on two workers (threads) at once
-    dit_cache: dict | None = None  # {"always": 2, "rules": [[0.95, 4], [0.93, 2]]} or {"schedule": "TTTFFF..."}
+    dit_cache: dict | None = None  # opt_levels.yaml's dit_cache_rule: {"always", "rules"} or {"schedule": "TTTFFF..."}
     steps: int | None = None     # override the variant's denoising steps
     autocast: str | None = None  # "bf16": run the network under torch.autocast (weights stay fp32)
-
-
-DIT_RULES = [[0.95, 4], [0.93, 2]]  # DreamZero's official thresholds -> steps skipped
 
 
 class DitCache:
@@ -60,7 +57,7 @@ class DitCache:
         if unknown:
             raise ValueError(f"dit_cache: unknown keys {sorted(unknown)} (always, rules, min_steps, schedule)")
         self.always = int(rule.get("always", 2))
-        self.rules = [(float(t), int(n)) for t, n in rule.get("rules", DIT_RULES)]
+        self.rules = [(float(t), int(n)) for t, n in rule.get("rules", ())]  # from opt_levels.yaml
         self.enabled = bool(rule) and steps >= int(rule.get("min_steps", 5))
         self.schedule = None
         if "schedule" in rule and rule["schedule"] is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.results.papers import paper_ladder, paper_success_pct, papers
-from harness.results.stats import per_task, summarize
+from harness.results.stats import per_task, summarize_cells
 from harness.results.store import REFERENCE_LEVEL, Cell, CellKey, Store, na_reason
 
 LEVELS = ["O0-eager", "O1-kvcache", "O2-cfg-batch", "O3-dit-cache", "O4-compile", "O5-lowp", "O6-flash"]
@@ -61,6 +61,7 @@ class Group:
     cells: list[Cell] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     episodes: list[dict] = field(default_factory=list)
+    per_cell: list[list[dict]] = field(default_factory=list)   # episodes of each cell (warm-up is per cell)
     na_reason: str | None = None
     metrics: dict = field(default_factory=dict)
     per_task: dict = field(default_factory=dict)
@@ -120,9 +121,10 @@ def collect(store: Store, experiment: str, expected: list[CellKey] | None = None
         g.cells.append(c)
         g.statuses.append(c.status())
         g.na_reason = g.na_reason or na_reason(res)
-        g.episodes.extend(c.episodes())
+        g.per_cell.append(c.episodes())
+        g.episodes.extend(g.per_cell[-1])
     for g in groups.values():
-        g.metrics = summarize(g.episodes)
+        g.metrics = summarize_cells(g.per_cell)
         g.per_task = per_task(g.episodes)
     found = {c.key for c in cells}
     missing = sorted(f"{k.variant} / {k.suite} / seed{k.seed} / {k.opt_level}" for k in (expected or [])

@@ -92,35 +92,35 @@ class CalibratedPolicy:
 # ------------------------------------------------------------------ the run
 
 def run_preset(preset: Preset, root: Path, checkpoint: str | None = None, dataset: str | None = None,
-               workers: int = 1) -> dict:
-    """Train (unless `checkpoint`) and evaluate the preset into a fresh store under `root`."""
+               workers: int = 1, include_path=(), device: str | None = None) -> dict:
+    """Train (unless `checkpoint`) and evaluate the preset into a fresh store under `root`
+    (variants and suites also from `include_path`, the policy on `device`: None is cuda where present)."""
     import torch
     torch.set_num_threads(1)
     from harness.config import Registry
     from harness.data.demos import make_demos
     from harness.eval.cell import evaluate_cell
-    from harness.policy.levels import load_leveled_policy
+    from harness.policy.policy import build_policy
     from harness.scale.grid import GridOptions, resolved
     from harness.results.store import CellKey, Store
     from harness.train import train
 
-    reg = Registry()
+    reg = Registry(list(include_path))
     spec = reg.suite(preset.suite)
     store = Store(root)
     t0 = time.perf_counter()
     if checkpoint is None:
         ds = dataset or str(make_demos(spec, preset.demos, seed=0, workers=workers))
-        rv = resolved(GridOptions(steps=preset.steps), preset.variant, preset.seed)
+        rv = resolved(GridOptions(steps=preset.steps, include_path=tuple(include_path)), preset.variant, preset.seed)
         print(f"[nightly] train {preset.variant} on {preset.suite}: {preset.steps} steps", flush=True)
         checkpoint = str(train(rv, ds, store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed,
                                                           "train")).path, progress=True).checkpoint)
-    policy, cfg = load_leveled_policy(checkpoint, preset.level, reg)
-    cal = CalibratedPolicy(policy)
+    cal = CalibratedPolicy(build_policy(checkpoint, preset.level, registry=reg, device=device))
     for _ in range(3):
         calibration_block()  # warm the calibration like the policy's own warm-up call
     print(f"[nightly] evaluate at {preset.level}: {preset.episodes} episodes x {len(spec.tasks)} tasks", flush=True)
     cell = store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed, preset.level))
-    res = evaluate_cell(cell, spec, cal, config=cfg, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
+    res = evaluate_cell(cell, spec, cal, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
                         workers=workers, progress=True)
     eps = sorted(cell.episodes(), key=lambda e: e["episode_id"])
     m = res["metrics"]
@@ -202,6 +202,7 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training (bisecting)")
     p.add_argument("--dataset", default=None, help="demonstrations to train on (default: the preset's cached demos)")
     p.add_argument("--workers", type=int, default=1, help="environment processes")
+    p.add_argument("--device", default=None, help="torch device of the policy (default: cuda when present, else cpu)")
 
 
 def main(args) -> int:
@@ -223,7 +224,7 @@ def main(args) -> int:
             raise UserError(f"{base_path} was made with other preset settings ({base.get('preset')}); re-bless it")
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     root = Path(args.root) / f"{args.preset}-{stamp}"
-    cur = run_preset(preset, root, args.checkpoint, args.dataset, args.workers)
+    cur = run_preset(preset, root, args.checkpoint, args.dataset, args.workers, args.include_path, args.device)
     doc = {"preset_name": args.preset, "preset": asdict(preset), **cur, "commit": git_commit(), "machine": machine(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "store": str(root)}
     out = Path(args.reports) / args.preset
