@@ -193,6 +193,8 @@ def table(rows: list[dict]) -> str:
 
 def add_arguments(p):
     p.add_argument("--preset", default="tabletop-fastwam", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--variant", default=None, help="gate this variant (e.g. one from --include-path) instead of the "
+                   "preset's; its baseline is <preset>-<variant>.json")
     p.add_argument("--bless", action="store_true", help="write this run as the new baseline (no comparison)")
     p.add_argument("--baselines", default="results/baselines", help="folder of <preset>.json baselines")
     p.add_argument("--latency-ratio", type=float, default=1.25, help="fail when normalised latency rises above this ratio")
@@ -213,8 +215,13 @@ def main(args) -> int:
         raise UserError(f"unknown preset '{args.preset}'; presets: {', '.join(PRESETS)}")
     if not args.latency_ratio > 1 or not 0 < args.alpha < 1:
         raise UserError("--latency-ratio must be > 1 and --alpha in (0, 1)")
-    preset = PRESETS[args.preset]
-    base_path = Path(args.baselines) / f"{args.preset}.json"
+    preset, name = PRESETS[args.preset], args.preset
+    if args.variant:
+        from dataclasses import replace
+        from harness.config import Registry
+        Registry(list(args.include_path)).variant(args.variant)  # an unknown name fails before any work
+        preset, name = replace(preset, variant=args.variant), f"{args.preset}-{args.variant}"
+    base_path = Path(args.baselines) / f"{name}.json"
     base = None
     if not args.bless:
         if not base_path.is_file():
