@@ -331,7 +331,8 @@ class WorldActionModel(nn.Module):
     def _sample(self, latents, state, prompt, opts: InferOptions, noise_seed, blocks) -> dict:
         ch, inf = self.v.chunk, self.v.inference
         steps = opts.steps or inf.steps
-        gen = torch.Generator(latents.device).manual_seed(noise_seed) if noise_seed is not None else None
+        # noise drawn on the CPU and moved: a seed gives the same actions on every device
+        gen = torch.Generator("cpu").manual_seed(noise_seed) if noise_seed is not None else None
         B, g = latents.shape[0], self.tokens_per_frame
         H = ch.actions
         sig = flow.sigma_grid(steps, inf.shift)
@@ -340,7 +341,7 @@ class WorldActionModel(nn.Module):
         ctxs = [cond, self.context([None] * B, state)] if use_cfg else [cond]
         evals = 0
         f0 = latents[:, 0]
-        z = lambda shape: torch.randn(shape, generator=gen)  # noqa: E731
+        z = lambda shape: torch.randn(shape, generator=gen, device="cpu").to(latents.device)  # noqa: E731
         proc = inf.procedure
         out: dict = {}
 
