@@ -72,6 +72,15 @@ def test_compile_matches_O0(models):
     assert torch.allclose(_actions(m, opts), o0, atol=EXACT_ATOL)
 
 
+def test_compile_mode_per_device():
+    """O4 captures CUDA graphs on a GPU (reduce-overhead) and compiles in the default mode on CPU,
+    as opt_levels.yaml says (the compiled numbers themselves: the slow test above)."""
+    from harness.policy.levels import compile_mode
+    assert compile_mode(torch.device("cuda")) == "reduce-overhead"
+    assert compile_mode(torch.device("cpu")) == "default"
+    assert "reduce-overhead" in REG.opt_level("O4-compile").description
+
+
 def test_unknown_precision_is_refused(models):
     """fp8 is not offered (nothing here could test it); any precision outside the list is one line."""
     import copy

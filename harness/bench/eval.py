@@ -67,11 +67,11 @@ def measure(args) -> dict:
                "raw_sim_steps_per_s": float(np.median(raw)), "harness_steps_per_s": float(np.median(har))}
     if not args.quick:
         from harness.policy.policy import Policy
-        from harness.config import resolve_variant
+        from harness.config import Registry, resolve_variant
         from harness.model.wam import WorldActionModel
         rv = resolve_variant("fastwam")
         model = WorldActionModel(rv, spec.action_dim, spec.state_dim)
-        policy = Policy(model, {"camera": spec.cameras[0]})
+        policy = Policy(model, {"camera": spec.cameras[0]}, Registry().opt_level("O1-kvcache"), device="cpu")
         v = harness_steps_per_s(spec, plan, policy, 2)
         rows.append({"mode": "harness, tiny fastwam policy, 2 workers", "steps_per_s": v, "rep": 0})
         figures["eval_over_sim_with_policy"] = v / figures["raw_sim_steps_per_s"]
