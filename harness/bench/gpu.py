@@ -37,18 +37,18 @@ def measure(args) -> dict:
     quick = bool(getattr(args, "quick", False))
     rows = [_one(torch, reg, name, backbone, device, quick) for name in names]
     figures: dict = {"gpu_available": int(device.startswith("cuda"))}
+    for r in rows:
+        if r["error"] is None:
+            figures[f"train_step_ms_{r['variant']}"] = r["train_step_ms"]
+            figures[f"infer_ms_{r['variant']}"] = r["infer_ms_p50"]
     check = policy_on_device(device)
     rows.append(check)
     if check["error"] is None:
         figures["policy_device_max_abs_diff"] = check["max_abs_diff"]
         figures["policy_device_ok"] = int(check["ok"])
-    for r in rows:
-        if r["error"] is None:
-            figures[f"train_step_ms_{r['variant']}"] = r["train_step_ms"]
-            figures[f"infer_ms_{r['variant']}"] = r["infer_ms_p50"]
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     notes = [f"{backbone} on {gpu}, {'bf16 autocast' if device.startswith('cuda') else 'fp32'}, "
-             f"batch {rows[0]['batch'] if rows else '-'}; inference: one call, default steps, K/V cache on"]
+             f"batch {rows[0].get('batch', '-')}; inference: one call, default steps, K/V cache on"]
     return {"figures": figures, "rows": rows, "notes": notes}
 
 
