@@ -67,7 +67,7 @@ def measure(args) -> dict:
                "raw_sim_steps_per_s": float(np.median(raw)), "harness_steps_per_s": float(np.median(har))}
     if not args.quick:
         from harness.policy.policy import Policy
-        from harness.config import Registry, resolve_variant
+        from harness.config import resolve_variant
         from harness.model.wam import WorldActionModel
         rv = resolve_variant("fastwam")
         model = WorldActionModel(rv, spec.action_dim, spec.state_dim)
