@@ -320,7 +320,7 @@ class OptLevelSpec:
     dit_cache: bool = False
     dit_cache_rule: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
-    precision: str = one_of("fp32", ("fp32", "bf16", "int8", "fp8"))
+    precision: str = one_of("fp32", ("fp32", "bf16", "int8"))
     steps: int | None = None     # O6: force this many denoising steps
 
 

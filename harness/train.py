@@ -98,6 +98,7 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
             opt.load_state_dict(opt_sd)
         start = int(old_meta["step"])
         meta["stats"] = old_meta["stats"]
+    keep_losses_before(out / "loss.jsonl", start)
     log = (out / "loss.jsonl").open("a")
     total, bs = ts.steps, ts.batch_size
     model.train()
@@ -148,9 +149,22 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
         save(total)
     elapsed = time.perf_counter() - t0
     result = TrainResult(last, total, loss_val, done_samples / elapsed if elapsed > 0 else 0.0, start)
-    (out / "train.json").write_text(json.dumps({"step": total, "final_loss": loss_val, "samples_per_s": result.samples_per_s,
-                                                "resumed_from": start, "config_hash": rv.hash, "wall_s": elapsed}, indent=2))
+    from harness.results.store import atomic_write_json
+    atomic_write_json(out / "train.json", {"step": total, "final_loss": loss_val, "samples_per_s": result.samples_per_s,
+                                           "resumed_from": start, "config_hash": rv.hash, "wall_s": elapsed})
     return result
+
+
+def keep_losses_before(path: Path, step: int) -> None:
+    """Drop loss records at or past `step`, the step training resumes from: they were logged after
+    the checkpoint a crash fell back to, and the resumed run logs those steps again."""
+    if not path.exists():
+        return
+    from harness.results.store import read_jsonl
+    lines = [json.dumps(r) + "\n" for r in read_jsonl(path) if int(r.get("step", -1)) < step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
 
 
 def add_arguments(p):

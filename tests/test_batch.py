@@ -107,7 +107,8 @@ def test_rollout_batches_across_workers_and_envs(tmp_path):
     rv = resolve_variant("fastwam")
     rv = ResolvedVariant(override(rv.variant, {"inference.steps": 3}), rv.backbone)
     torch.manual_seed(0)
-    policy = Policy(WorldActionModel(rv, spec.action_dim, spec.state_dim).eval(), {"camera": "front"})
+    policy = Policy(WorldActionModel(rv, spec.action_dim, spec.state_dim).eval(), {"camera": "front"},
+                    REG.opt_level("O1-kvcache"), device="cpu")
     plan = episode_plan(spec, 0, 1)
     runs = {}
     for name, kw in (("one", dict(workers=1, max_batch=1)),

@@ -92,13 +92,32 @@ def test_interrupted_eval_resumes_without_duplicates(trained, tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
-    n_before = len(eps_file.read_text().splitlines())
-    assert 2 <= n_before < 8
+    before = [line for line in eps_file.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    assert 2 <= len(before) < 8
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-800:]
-    ids = [json.loads(line)["episode_id"] for line in eps_file.read_text().splitlines()]
+    lines = eps_file.read_text().splitlines(keepends=True)
+    assert lines[:len(before)] == before  # the episodes recorded before Ctrl-C are kept byte for byte
+    ids = [json.loads(line)["episode_id"] for line in lines]
     from harness.results.store import Cell
     planned = {Cell.episode_id(t, i, s) for t, i, s in episode_plan(Registry().suite("tabletop"), 0, 2)}
     assert len(ids) == len(set(ids)) == 8 and set(ids) == planned
     result = json.loads((eps_file.parent / "result.json").read_text())
     assert result["metrics"]["n_episodes"] == 8
+
+
+def test_more_episodes_extend_a_cell_and_fewer_are_refused(tabletop, tmp_path):
+    """--episodes on an existing cell: more runs only the missing episodes (the recorded ones kept
+    byte for byte); fewer is refused instead of reporting more than asked."""
+    from harness.errors import UserError
+    cell = Store(tmp_path).cell(CellKey("t", "expert", "tabletop", 0, "reference"))
+    first = evaluate_cell(cell, tabletop, "expert", episodes_per_task=1, workers=2, progress=False)
+    assert first["metrics"]["n_episodes"] == 4
+    before = cell.episodes_path.read_bytes()
+    more = evaluate_cell(cell, tabletop, "expert", episodes_per_task=2, workers=2, progress=False)
+    after = cell.episodes_path.read_bytes()
+    assert after.startswith(before) and len(after.splitlines()) == 8
+    assert more["metrics"]["n_episodes"] == 8 and more["config"]["episodes_per_task"] == 2
+    with pytest.raises(UserError, match="outside the 4 asked for"):
+        evaluate_cell(cell, tabletop, "expert", episodes_per_task=1, workers=2, progress=False)
+    assert cell.episodes_path.read_bytes() == after and cell.result()["metrics"]["n_episodes"] == 8

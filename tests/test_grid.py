@@ -106,6 +106,8 @@ def test_killed_worker_is_retried_without_duplicates(grid_env):
         if w.get("state") == "running" and len(read_jsonl(cell.episodes_path)) >= 1:
             os.kill(w["pid"], signal.SIGKILL)
             killed = w["pid"]
+            # what the killed worker had recorded (its retry takes seconds to load the model)
+            before = [x for x in cell.episodes_path.read_text().splitlines(keepends=True) if x.endswith("\n")]
         time.sleep(0.2)
     assert killed, "the eval cell never got going"
     t.join(timeout=300)
@@ -114,5 +116,48 @@ def test_killed_worker_is_retried_without_duplicates(grid_env):
     assert w["attempt"] >= 2 and w["pid"] != killed
     raw = [r["episode_id"] for r in read_jsonl(cell.episodes_path)]
     assert len(raw) == 12 and len(set(raw)) == 12  # every episode exactly once, none lost
+    assert 1 <= len(before) < 12
+    assert cell.episodes_path.read_text().splitlines(keepends=True)[:len(before)] == before  # kept, not re-run
     res = cell.result()
     assert res["status"] == "complete" and res["metrics"]["n_episodes"] == 12
+
+
+def test_eval_and_run_record_the_same_cell(grid_env, monkeypatch):
+    """`wam-bench eval` and `wam-bench run` build the policy one way: the same cell gets the same
+    config_hash from either command, and each reuses the cell the other made (no episode re-run)."""
+    from harness.cli import main
+    root = grid_env["root"]
+    run_grid(options(grid_env, experiment="same"), RO)
+    store = Store(root)
+    ckpt = store.cell(CellKey("same", "fastwam", "tabletop", 0, "train")).path / "last.safetensors"
+    ran = store.cell(CellKey("same", "fastwam", "tabletop", 0, "O1-kvcache"))
+    made_by_run = ran.episodes_path.read_bytes()
+
+    def evaluate(experiment, level):
+        assert main(["eval", "--checkpoint", str(ckpt), "--experiment", experiment, "--level", level,
+                     "--episodes", "1", "--workers", "1", "--root", str(root), "--device", "cpu"]) == 0
+        return store.cell(CellKey(experiment, "fastwam", "tabletop", 0, level))
+
+    assert evaluate("same", "O1-kvcache").episodes_path.read_bytes() == made_by_run   # eval reuses run's cell
+    assert evaluate("other", "O1-kvcache").result()["config_hash"] == ran.result()["config_hash"]
+    by_eval = evaluate("same", "O0-eager")
+    made_by_eval, hash_by_eval = by_eval.episodes_path.read_bytes(), by_eval.result()["config_hash"]
+    again = run_grid(options(grid_env, experiment="same", levels=("O0-eager", "O1-kvcache")), RO)
+    assert again["failed"] == [] and again["summary"].done == []                       # run reuses eval's cell
+    assert by_eval.episodes_path.read_bytes() == made_by_eval and by_eval.result()["config_hash"] == hash_by_eval
+
+
+def test_more_episodes_extend_a_complete_cell(grid_env):
+    """The grid does not skip a complete cell with fewer episodes than asked: it runs only the
+    missing ones; asking for fewer than a cell holds is refused at plan time."""
+    from harness.errors import UserError
+    run_grid(options(grid_env, experiment="more"), RO)
+    cell = Store(grid_env["root"]).cell(CellKey("more", "fastwam", "tabletop", 0, "O1-kvcache"))
+    before = cell.episodes_path.read_bytes()
+    out = run_grid(options(grid_env, experiment="more", episodes=2), RO)
+    assert out["failed"] == [] and out["summary"].done == ["eval fastwam/tabletop/seed0/O1-kvcache"]
+    after = cell.episodes_path.read_bytes()
+    assert after.startswith(before) and len(after.splitlines()) == 8
+    assert cell.result()["metrics"]["n_episodes"] == 8
+    with pytest.raises(UserError, match="outside the 4 asked for"):
+        run_grid(options(grid_env, experiment="more", episodes=1), RO)

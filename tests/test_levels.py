@@ -8,7 +8,7 @@ from test_masks import random_model
 
 from harness.config import Registry
 from harness.errors import UserError
-from harness.policy.levels import apply_transforms, infer_options, not_applicable, quantize_int8
+from harness.policy.levels import infer_options, not_applicable, prepare, quantize_int8
 from harness.policy.policy import smooth_actions
 from harness.model.wam import DitCache, InferOptions
 
@@ -67,17 +67,28 @@ def test_compile_matches_O0(models):
     m = copy.deepcopy(models["fastwam"])
     o0 = _actions(m, InferOptions(kv_cache=False))
     level = REG.opt_level("O4-compile")
-    info = apply_transforms(m, level)
-    assert info["compile_s"] > 0
-    assert torch.allclose(_actions(m, infer_options(level)), o0, atol=EXACT_ATOL)
+    opts, info = prepare(m, level)
+    assert info["compile_s"] > 0 and info["compile_mode"] == "default"  # CPU: no CUDA graphs
+    assert torch.allclose(_actions(m, opts), o0, atol=EXACT_ATOL)
 
 
-def test_fp8_is_refused_on_cpu(models):
+def test_compile_mode_per_device():
+    """O4 captures CUDA graphs on a GPU (reduce-overhead) and compiles in the default mode on CPU,
+    as opt_levels.yaml says (the compiled numbers themselves: the slow test above)."""
+    from harness.policy.levels import compile_mode
+    assert compile_mode(torch.device("cuda")) == "reduce-overhead"
+    assert compile_mode(torch.device("cpu")) == "default"
+    assert "reduce-overhead" in REG.opt_level("O4-compile").description
+
+
+def test_unknown_precision_is_refused(models):
+    """fp8 is not offered (nothing here could test it); any precision outside the list is one line."""
     import copy
     import dataclasses
     level = dataclasses.replace(REG.opt_level("O5-lowp"), precision="fp8", compile=False)
-    with pytest.raises(UserError, match="fp8 needs a CUDA GPU"):
-        apply_transforms(copy.deepcopy(models["fastwam"]), level)
+    with pytest.raises(UserError, match="unknown precision 'fp8'"):
+        prepare(copy.deepcopy(models["fastwam"]), level)
+    assert all(lvl.precision != "fp8" for lvl in REG.opt_levels().values())
 
 
 def test_levels_declared_per_variant():
@@ -128,7 +139,7 @@ def test_dit_cache_configurable_and_short_loops():
     assert _replay([0.97], rule={"rules": [[0.99, 3]]}) == list(range(16))   # threshold not met
     assert _replay([0.999], rule={"rules": [[0.99, 3]]}) == [0, 1, 5, 9, 13]
     assert _replay([0.99], steps=4) == [0, 1, 2, 3]                           # official: <= 4 steps run all
-    assert _replay([0.99], rule={"always": 3}) == [0, 1, 2, 7, 12]
+    assert _replay([0.99], rule={"always": 3, "rules": [[0.95, 4]]}) == [0, 1, 2, 7, 12]
 
 
 def test_dit_cache_static_schedule():
@@ -159,3 +170,102 @@ def test_smoothing_keeps_trends_and_removes_jitter():
     jitter = ramp + np.where(np.arange(16) % 2, 0.2, -0.2)[:, None].astype(np.float32)
     assert np.abs(smooth_actions(jitter) - ramp).mean() < 0.5 * np.abs(jitter - ramp).mean()
     assert smooth_actions(ramp[:2]).shape == (2, 2)                               # too short: unchanged
+
+
+def test_dit_cache_rule_inside_sample(models):
+    """The cosine rule decides inside `sample`: with a threshold every similarity beats, steps are
+    really skipped (the network runs fewer times) and `evals` says how many ran; with one none
+    beats, every step runs and the actions are the uncached ones."""
+    m = models["dreamzero"]
+    lat, state, blocks = _inputs(m)
+    calls = []
+    hook = m.net.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        def run(rules):
+            calls.clear()
+            opts = InferOptions(kv_cache=True, cfg_batch=True, steps=16,
+                                dit_cache={"always": 2, "rules": rules, "min_steps": 5} if rules else None)
+            out = m.sample(lat, state, ["pick up the red cube"], opts, noise_seed=7, blocks=blocks)
+            return out, len(calls) - 1  # one batched prefill of the clean context, then one call per step
+        plain, n_plain = run(None)
+        skip, n_skip = run([[-1.0, 4]])    # cos > -1 always: compute 0, 1, then skip 4, compute 1, ...
+        never, n_never = run([[1.5, 4]])   # cos > 1.5 never: every step computed
+    finally:
+        hook.remove()
+    assert n_plain == plain["evals"] == 16
+    assert n_skip == skip["evals"] == len([0, 1, 6, 11])
+    assert not torch.allclose(skip["actions"], plain["actions"])
+    assert n_never == never["evals"] == 16 and torch.equal(never["actions"], plain["actions"])
+
+
+def test_dit_cache_rule_comes_from_the_level_only():
+    """opt_levels.yaml is the one source of the thresholds: a level that turns the cache on without
+    a rule is refused, not run with numbers from elsewhere."""
+    import dataclasses
+    o3 = REG.opt_level("O3-dit-cache")
+    assert infer_options(o3).dit_cache["rules"] == o3.dit_cache_rule["rules"]
+    with pytest.raises(UserError, match="dit_cache needs dit_cache_rule"):
+        infer_options(dataclasses.replace(o3, dit_cache_rule={}))
+
+
+# --------------------------------------------------------------------------- building a policy
+
+def _meta(m):
+    return {"camera": "front", "action_size": m.action_size, "state_size": m.state_size, "config": m.rv.to_dict()}
+
+
+def _obs(m):
+    from harness.suites.base import Observation
+    s = m.b.codec.image_size
+    return Observation(images={"front": np.zeros((s, s, 3), np.uint8)}, state=np.zeros(4, np.float32),
+                       instruction="stack the cubes")
+
+
+def test_policy_on_the_meta_device_puts_model_and_inputs_there(models):
+    """Model and inputs go to the policy's device (meta here: no GPU on this machine; `bench gpu`
+    checks a real CUDA policy against the CPU one)."""
+    import copy
+    from harness.policy.policy import Policy
+    m = copy.deepcopy(models["dreamzero"])
+    p = Policy(m, _meta(m), REG.opt_level("O1-kvcache"), device="meta", warm=False)
+    assert {t.device.type for t in p.model.parameters()} == {"meta"}
+    assert {t.device.type for t in p.model.buffers()} == {"meta"}
+    cur, state, blocks = p._inputs(_obs(m))
+    assert cur.device.type == "meta" and state.device.type == "meta" and blocks == []
+    assert p.config["device"] == "meta"
+
+
+def test_policy_device_choice_and_errors(models, monkeypatch):
+    import copy
+    from harness.policy.policy import Policy, resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None).type == "cpu"
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        resolve_device("cuda")
+    with pytest.raises(UserError, match="not a torch device"):
+        resolve_device("gpu0")
+    m = copy.deepcopy(models["dreamzero"])
+    with pytest.raises(UserError, match="int8 dynamic quantization runs on CPU only"):
+        Policy(m, _meta(m), REG.opt_level("O5-lowp"), device="meta", warm=False)
+    with pytest.raises(UserError, match="does not apply to fastwam"):
+        Policy(models["fastwam"], _meta(models["fastwam"]), REG.opt_level("O3-dit-cache"), warm=False)
+
+
+def test_policy_on_cpu_returns_numpy_actions_and_records_its_config(models):
+    import copy
+    from harness.policy.policy import Policy
+    m = copy.deepcopy(models["dreamzero"])
+    p = Policy(m, _meta(m), REG.opt_level("O2-cfg-batch"), device="cpu", action_horizon=4)
+    a = p.infer(_obs(m), noise_seed=0)
+    assert isinstance(a, np.ndarray) and a.shape == (m.v.chunk.actions, 4) and p.last_latency_ms > 0
+    cfg = p.config
+    assert cfg["level"]["name"] == "O2-cfg-batch" and cfg["action_horizon"] == 4 and cfg["device"] == "cpu"
+    assert "compile_s" not in str(cfg)  # what building did is `level_info`, never part of the hashed config
+
+
+def test_level_overrides_are_key_locked():
+    from harness.policy.levels import with_overrides
+    o3 = REG.opt_level("O3-dit-cache")
+    assert with_overrides(o3, {"steps": 6, "dit_cache_rule.rules": [[0.9, 4]]}).steps == 6
+    with pytest.raises(UserError, match="unknown key"):
+        with_overrides(o3, {"stepz": 6})

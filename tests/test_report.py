@@ -240,7 +240,7 @@ def real_run(tmp_path_factory):
     from harness.config import Registry, ResolvedVariant, override, resolve_variant
     from harness.data.demos import make_demos
     from harness.eval.cell import evaluate_cell
-    from harness.policy.levels import load_leveled_policy
+    from harness.policy.policy import build_policy
     from harness.train import train
     root = tmp_path_factory.mktemp("real")
     spec = dataclasses.replace(Registry().suite("tabletop"), max_steps=24)   # short episodes: numbers, not skill
@@ -250,8 +250,8 @@ def real_run(tmp_path_factory):
     store = Store(root / "results")
     ckpt = train(rv, ds, store.cell(CellKey("real", "fastwam", "tabletop", 0, "train")).path, progress=False).checkpoint
     for level in ("O0-eager", "O1-kvcache"):
-        policy, cfg = load_leveled_policy(ckpt, level)
-        evaluate_cell(store.cell(CellKey("real", "fastwam", "tabletop", 0, level)), spec, policy, config=cfg,
+        policy = build_policy(ckpt, level, device="cpu")
+        evaluate_cell(store.cell(CellKey("real", "fastwam", "tabletop", 0, level)), spec, policy,
                       checkpoint_path=ckpt, episodes_per_task=1, workers=2, progress=False)
     evaluate_cell(store.cell(CellKey("real", "expert", "tabletop", 0, "reference")), spec, "expert",
                   episodes_per_task=1, workers=2, progress=False)

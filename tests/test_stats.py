@@ -82,3 +82,15 @@ def test_two_proportion_test_one_sided():
     rng = np.random.default_rng(0)
     ps = [two_proportion_test(int(rng.binomial(30, .7)), 30, int(rng.binomial(30, .7)), 30) for _ in range(400)]
     assert np.mean(np.array(ps) < 0.05) <= 0.05
+
+
+def test_pooled_seeds_drop_each_cells_warmup():
+    """Seeds pooled into one row: every cell's first call is a warm-up, not only the first cell's."""
+    from harness.results.stats import summarize_cells
+    seed0 = [{"success": True, "progress": 1.0, "latency_ms": [900.0, 100.0, 100.0]}]
+    seed1 = [{"success": False, "progress": 0.5, "latency_ms": [800.0, 120.0]}, {"success": True, "progress": 1.0,
+                                                                               "latency_ms": [120.0]}]
+    m = summarize_cells([seed0, seed1])
+    assert m["n_calls"] == 4 and m["latency_ms"]["mean"] == pytest.approx(110.0)
+    assert m["n_episodes"] == 3 and m["n_success"] == 2
+    assert summarize(seed0 + seed1)["n_calls"] == 5  # one cell's records: only its first call dropped

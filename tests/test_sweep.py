@@ -41,7 +41,68 @@ def test_space_errors_are_one_line(tmp_path):
     bad.write_text("params: {warp: {type: int, low: 1, high: 2}}\n")
     with pytest.raises(UserError, match="use infer"):
         load_space(bad)
-    assert load_space(REPO / "sweeps" / "tabletop-inference.yaml").objectives[1] == ("latency_p50_ms", "minimize")
+    assert load_space(REPO / "harness" / "sweeps" / "dreamzero-dit-cache.yaml").objectives[1] == \
+        ("latency_p50_ms", "minimize")
+
+
+def test_shipped_space_by_name_searches_parameters_that_act():
+    """`--space NAME` finds the space inside the package; its base level applies to its variant
+    and both its parameters change what that level runs."""
+    from harness.config import Registry
+    from harness.policy.levels import with_overrides
+    from harness.scale.sweep import check_space, level_overrides, space_path
+    space = load_space(space_path("dreamzero-dit-cache"))
+    check_space(space)
+    level = Registry().opt_level(space.base_level)
+    assert space.variant == "dreamzero" and level.dit_cache
+    assert set(space.params) == {"infer.steps", "dit_cache.threshold"}
+    tuned = with_overrides(level, level_overrides({"infer.steps": 8, "dit_cache.threshold": 0.9}, level))
+    assert tuned.steps == 8 and tuned.dit_cache_rule["rules"] == [[0.9, 4], [0.88, 2]]
+    with pytest.raises(UserError, match="no such file or shipped space"):
+        space_path("no-such-space")
+
+
+def test_sweep_refuses_levels_and_params_that_do_nothing(tmp_path):
+    from harness.scale.sweep import check_space
+    f = tmp_path / "s.yaml"
+    f.write_text("variant: fastwam\nbase_level: O3-dit-cache\nparams: {infer.steps: {type: int, low: 2, high: 4}}\n")
+    with pytest.raises(UserError, match="O3-dit-cache does not apply to fastwam"):
+        check_space(load_space(f))
+    f.write_text("variant: dreamzero\nbase_level: O1-kvcache\n"
+                 "params: {dit_cache.threshold: {type: float, low: 0.8, high: 0.9}}\n")
+    with pytest.raises(UserError, match="has no DiT cache, so they would change nothing"):
+        check_space(load_space(f))
+
+
+def test_sweep_and_nightly_find_a_variant_from_include_path(tmp_path, monkeypatch):
+    """`--include-path` reaches sweep (space, variant) and nightly (variant) as it reaches run."""
+    import dataclasses
+    from harness.cli import main
+    from harness.config import ConfigError
+    from harness.scale import nightly
+    from harness.scale.sweep import check_space, space_path
+    inc = tmp_path / "inc"
+    (inc / "variants").mkdir(parents=True)
+    (inc / "sweeps").mkdir()
+    (inc / "variants" / "mine.yaml").write_text(f"include: {REPO / 'harness' / 'variants' / 'dreamzero.yaml'}\n"
+                                                 "description: a user's variant\n")
+    (inc / "sweeps" / "my-space.yaml").write_text("variant: mine\nbase_level: O3-dit-cache\n"
+                                                   "params: {infer.steps: {type: int, low: 6, high: 8}}\n")
+    space = load_space(space_path("my-space", [str(inc)]))
+    with pytest.raises(ConfigError, match="mine"):
+        check_space(space)                                            # not without the folder
+    check_space(dataclasses.replace(space, include_path=(str(inc),)))  # found with it
+    seen = {}
+
+    def fake_run_preset(preset, root, checkpoint, dataset, workers, include_path, device):  # a fake of the run only
+        from harness.config import Registry
+        seen["variant"] = Registry(list(include_path)).variant(preset.variant).name
+        raise SystemExit(0)
+    monkeypatch.setattr(nightly, "run_preset", fake_run_preset)
+    with pytest.raises(SystemExit):
+        main(["--include-path", str(inc), "nightly", "--preset", "smoke", "--variant", "mine", "--bless",
+              "--baselines", str(tmp_path / "b")])
+    assert seen["variant"] == "mine"
 
 
 def test_interrupted_sweep_continues_the_study(tmp_path, ray_session):

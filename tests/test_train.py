@@ -85,6 +85,32 @@ def test_interrupted_training_resumes_exactly(toy_dataset, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_killed_training_logs_each_step_once(toy_dataset, tmp_path):
+    """A run killed after its last checkpoint had logged steps past it; the resumed run logs those
+    steps again, so the old entries are dropped: loss.jsonl holds every step once, in order, and
+    train.json is whole (written atomically, no temp file left)."""
+    out = tmp_path / "k"
+    cmd = [sys.executable, "-m", "harness.cli", "train", "--variant", "fastwam", "--dataset", str(toy_dataset),
+           "--steps", "30", "--set", "train.checkpoint_every=5", "--set", "train.log_every=1", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    loss = out / "loss.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "last.safetensors").exists() and loss.exists() and len(loss.read_text().splitlines()) >= 7:
+            proc.send_signal(signal.SIGKILL)  # no chance to save: the checkpoint is behind the log
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    logged = len(loss.read_text().splitlines())
+    assert logged > checkpoint.load(out / "last.safetensors")[1]["step"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert [json.loads(x)["step"] for x in loss.read_text().splitlines()] == list(range(30))
+    assert json.loads((out / "train.json").read_text())["step"] == 30
+    assert not [f.name for f in out.iterdir() if f.name.endswith(".tmp")]
+
+
 def test_nan_loss_stops_with_clear_error(tmp_path):
     ds = write_toy_dataset(tmp_path / "nan", nan=True)
     rv = small(resolve_variant("fastwam"), **{"train.steps": 3})

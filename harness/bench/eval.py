@@ -58,17 +58,18 @@ def harness_steps_per_s(spec, plan, policy, workers: int) -> float:
 
 def bench_policy(spec, checkpoint: str | None):
     """(policy, description): the checkpoint at O1, else a random-weight tiny fastwam."""
-    from harness.policy.levels import load_leveled_policy
+    from harness.config import Registry
+    from harness.policy.policy import Policy, build_policy
     if checkpoint:
-        policy, _ = load_leveled_policy(checkpoint, "O1-kvcache")
+        policy = build_policy(checkpoint, "O1-kvcache", device="cpu")
         if policy.needs_history:
             raise ValueError(f"bench eval compares cadences without history: give a fastwam-like checkpoint, not {policy.variant}")
         return policy, f"trained {policy.variant} ({checkpoint})"
     from harness.config import resolve_variant
     from harness.model.wam import WorldActionModel
-    from harness.policy.policy import Policy
     model = WorldActionModel(resolve_variant("fastwam"), spec.action_dim, spec.state_dim)
-    return Policy(model, {"camera": spec.cameras[0]}), "random-weight tiny fastwam (no --checkpoint given)"
+    policy = Policy(model, {"camera": spec.cameras[0]}, Registry().opt_level("O1-kvcache"), device="cpu")
+    return policy, "random-weight tiny fastwam (no --checkpoint given)"
 
 
 def policy_figures(spec, args) -> tuple[dict, list, list]:

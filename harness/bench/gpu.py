@@ -5,6 +5,10 @@ Where there is no GPU it says so and reports nothing (exit 0): CPU numbers at th
 mean nothing. `WAM_BENCH_GPU_DEVICE=cpu WAM_BENCH_GPU_BACKBONE=tiny` runs the same code on the
 CPU at the tiny preset, which is how the tests check it. Timings are device-synchronised,
 warm-up excluded; a variant that fails records its error in its row instead of stopping the rest.
+
+It also checks the evaluation path on the GPU (`policy_on_device`): a checkpoint built with
+`build_policy` on the device and on the CPU, one `infer` each on the same observation and noise
+seed, actions equal within tolerance (figure `policy_device_max_abs_diff`).
 """
 from __future__ import annotations
 
@@ -37,9 +41,14 @@ def measure(args) -> dict:
         if r["error"] is None:
             figures[f"train_step_ms_{r['variant']}"] = r["train_step_ms"]
             figures[f"infer_ms_{r['variant']}"] = r["infer_ms_p50"]
+    check = policy_on_device(device)
+    rows.append(check)
+    if check["error"] is None:
+        figures["policy_device_max_abs_diff"] = check["max_abs_diff"]
+        figures["policy_device_ok"] = int(check["ok"])
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     notes = [f"{backbone} on {gpu}, {'bf16 autocast' if device.startswith('cuda') else 'fp32'}, "
-             f"batch {rows[0]['batch'] if rows else '-'}; inference: one call, default steps, K/V cache on"]
+             f"batch {rows[0].get('batch', '-')}; inference: one call, default steps, K/V cache on"]
     return {"figures": figures, "rows": rows, "notes": notes}
 
 
@@ -108,4 +117,49 @@ def _one(torch, reg, name, backbone, device, quick) -> dict:
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+    return row
+
+
+def policy_on_device(device: str, variants=("fastwam", "dreamzero"), level: str = "O1-kvcache") -> dict:
+    """A policy built on `device` gives the CPU policy's actions: tiny random checkpoints of each
+    variant, `build_policy` on both devices at `level` (fp32), one `infer` on the same observation
+    and noise seed. The tolerance covers fp32 kernel differences, not a wrong device path."""
+    import tempfile
+
+    import torch
+
+    from harness.config import Registry, resolve_variant
+    from harness.model.wam import WorldActionModel
+    from harness.policy import checkpoint
+    from harness.policy.policy import build_policy
+    from harness.suites.base import Observation
+
+    row = {"variant": ",".join(variants), "check": f"policy on {device} vs cpu at {level}", "device": device,
+           "max_abs_diff": None, "ok": None, "error": None}
+    try:
+        reg, diffs = Registry(), []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in variants:
+                rv = resolve_variant(name, reg, "tiny")
+                torch.manual_seed(0)
+                model = WorldActionModel(rv, ACTION, STATE)
+                for p in model.parameters():  # output heads start at zero: give them values
+                    if p.dim() > 1 and p.abs().sum() == 0:
+                        torch.nn.init.normal_(p, std=0.1)
+                meta = {"config": rv.to_dict(), "config_hash": rv.hash, "stats": None, "action_size": ACTION,
+                        "state_size": STATE, "camera": "front", "step": 0}
+                path = checkpoint.save(f"{tmp}/{name}.safetensors", model, meta)
+                s = rv.backbone.codec.image_size
+                img = np.random.default_rng(0).integers(0, 256, (s, s, 3), dtype=np.uint8)
+                obs = Observation(images={"front": img}, state=np.zeros(STATE, np.float32), instruction="stack the cubes")
+                out = {}
+                for dev in ("cpu", device):
+                    policy = build_policy(path, level, registry=reg, device=dev)
+                    out[dev] = policy.infer(obs, noise_seed=0)
+                    assert isinstance(out[dev], np.ndarray) and str(policy.device).startswith(dev.split(":")[0])
+                diffs.append(float(np.abs(out[device] - out["cpu"]).max()))
+        row["max_abs_diff"] = max(diffs)
+        row["ok"] = row["max_abs_diff"] < 1e-3
+    except Exception as e:  # noqa: BLE001 - a failing check is a result of the bench
+        row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
     return row

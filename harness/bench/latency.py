@@ -103,7 +103,7 @@ def _observation(spec):
 
 def measure(args) -> dict:
     from harness.policy import checkpoint as ck
-    from harness.policy.levels import apply_transforms, infer_options, not_applicable
+    from harness.policy.levels import infer_options, not_applicable, prepare
 
     torch.set_num_threads(1)
     quick = bool(args.quick)
@@ -130,13 +130,13 @@ def measure(args) -> dict:
                 continue
             model = copy.deepcopy(base)
             try:
-                info = apply_transforms(model, level)
+                opts, info = prepare(model, level)
             except UserError as e:
                 rows.append({**row, "error": str(e)})
                 continue
             # FLOPs on the fp32 eager model, CFG passes in this thread (the counter is per thread)
             count = infer_options(dataclasses.replace(level, precision="fp32", cfg_parallel=False))
-            configs.append(Config(name, label, level, model, infer_options(level), info,
+            configs.append(Config(name, label, level, model, opts, info,
                                   _flops(base, count, _inputs(base, image), prompt)))
     inputs = {c.variant: _inputs(c.model, image) for c in configs}
     for r in range(rounds + 1):  # round 0 is a warm-up
@@ -197,20 +197,16 @@ def _progress(spec, trained: dict, reg: Registry, episodes: int, compile: bool =
     `compile` False evaluates O6 eager: torch.compile gives the same actions (tests/test_levels.py)
     and on a loaded CPU its warm-up costs minutes."""
     from harness.eval.rollout import episode_plan, run_episodes
-    from harness.policy.levels import apply_transforms, infer_options
-    from harness.policy.policy import Policy
-    from harness.policy import checkpoint as ck
+    from harness.policy.policy import build_policy
 
     cells = [("dreamzero", "O0-eager"), ("dreamzero", "O6-flash"), ("dreamzero-flash", "O6-flash")]
     plan = episode_plan(spec, 0, episodes)
     rows, mean = [], {}
     for variant, label in cells:
-        model, path = trained[variant]
+        _, path = trained[variant]
         level = reg.opt_level(label)
         level = level if compile else dataclasses.replace(level, compile=False)
-        sd, meta, _ = ck.load(path)
-        policy = Policy(ck.build_model(meta, sd), meta, infer_options(level), label)
-        apply_transforms(policy.model, level)
+        policy = build_policy(path, level, registry=reg, device="cpu")
         recs = []
         run_episodes(spec, plan, policy, recs.append, workers=2, noise_seed=0, progress=False)
         prog = [r["progress"] or 0.0 for r in recs if not r["error"]]  # final progress, as the report

@@ -39,13 +39,13 @@ def measure(args) -> dict:
     import torch
     torch.set_num_threads(args.threads or 1)
     from harness.eval.remote import RemotePolicy
-    from harness.policy.levels import load_leveled_policy
+    from harness.policy.policy import build_policy
     from harness.suites.base import make_env
     reg = Registry(getattr(args, "include_path", None) or [])
     spec = reg.suite(args.suite or "tabletop")
     tmp = tempfile.TemporaryDirectory()
     ckpt = Path(args.checkpoint) if args.checkpoint else _random_checkpoint(Path(tmp.name), spec)
-    local, _ = load_leveled_policy(ckpt, "O1-kvcache", reg)
+    local = build_policy(ckpt, "O1-kvcache", registry=reg, device="cpu")
     env = make_env(spec, 0)
     env.reset(0, 0)
     obs = env.observe(render=True)

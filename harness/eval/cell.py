@@ -1,7 +1,11 @@
 """`wam-bench eval --checkpoint C --suite S`: one evaluation cell of the results store.
 
 The cell's episodes depend on a recorded source (checkpoint hash, suite hash, execution, noise
-seed); episodes already in the cell are skipped, and result.json is written at the end.
+seed); episodes already in the cell are kept and only the missing ones of the requested plan run,
+so asking for more episodes per task extends a finished cell. Asking for fewer than the cell
+holds is refused (the report pools every recorded episode, so it would silently show more).
+result.json is written at the end; its `config` is the policy's own (`Policy.config`), the same
+whichever command built the policy, and what building it did (compile time) goes to `extra`.
 """
 from __future__ import annotations
 
@@ -14,13 +18,36 @@ from harness.errors import UserError
 from harness.eval.rollout import episode_plan, run_episodes
 
 
-def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, checkpoint_path=None,
-                  episodes_per_task: int | None = None, workers: int = 2, execution: str = "sync",
-                  noise_seed: int | None = 0, progress: bool = True, extra: dict | None = None,
-                  max_batch: int = 1, max_wait_ms: float = 5.0, checkpoint_sha256: str | None = None,
-                  envs_per_worker: int = 1):
-    """Evaluate into a store cell, skipping episodes already there; write result.json at the end.
-    `checkpoint_sha256` stands for the checkpoint file when the policy is remote (`--server`)."""
+def todo_episodes(cell, spec: SuiteSpec, episodes_per_task: int | None = None) -> list[tuple[int, int, int]]:
+    """The planned episodes (`episode_plan`) the cell does not hold yet. A cell holding episodes
+    outside the plan (recorded with more episodes per task than asked) is refused."""
+    n = episodes_per_task or spec.episodes_per_task
+    plan = {cell.episode_id(*p): p for p in episode_plan(spec, cell.key.seed, n)}
+    done = cell.done_ids()
+    outside = done - set(plan)
+    if outside:
+        raise UserError(f"{cell.path} holds {len(done)} episodes, {len(outside)} of them outside the {len(plan)} asked "
+                        f"for ({n} per task); ask for at least as many episodes per task (--episodes), or use "
+                        "another --experiment or --root")
+    return [p for eid, p in plan.items() if eid not in done]
+
+
+def is_done(cell, spec: SuiteSpec, episodes_per_task: int | None = None) -> bool:
+    """Complete, with exactly the requested plan's episodes (the grid skips only such cells)."""
+    if not cell.is_complete() or todo_episodes(cell, spec, episodes_per_task):
+        return False
+    n = episodes_per_task or spec.episodes_per_task
+    return cell.result()["metrics"].get("n_episodes") == n * len(spec.tasks)
+
+
+def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episodes_per_task: int | None = None,
+                  workers: int = 2, execution: str = "sync", noise_seed: int | None = 0, progress: bool = True,
+                  extra: dict | None = None, max_batch: int = 1, max_wait_ms: float = 5.0,
+                  checkpoint_sha256: str | None = None, envs_per_worker: int = 1):
+    """Evaluate the missing episodes of the plan into a store cell; write result.json at the end.
+
+    `policy` is a `Policy` or a `RemotePolicy` (its `config` is recorded), or "expert" / "random"
+    (reference rows). `checkpoint_sha256` stands for the checkpoint file when the policy is remote."""
     from harness.results.provenance import provenance
     from harness.results.stats import per_task, summarize
     from harness.results.store import Result
@@ -31,12 +58,10 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
     if cell.claim(source):
         print(f"{cell.path}: its episodes came from another checkpoint or suite version; evaluating again",
               file=sys.stderr)
-    if cell.is_complete():
+    if is_done(cell, spec, episodes_per_task):
         return cell.result()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    plan = episode_plan(spec, cell.key.seed, episodes_per_task)
-    done = cell.done_ids()
-    todo = [p for p in plan if cell.episode_id(p[0], p[1], p[2]) not in done]
+    todo = todo_episodes(cell, spec, episodes_per_task)
 
     def record(rec):
         rec["episode_id"] = cell.episode_id(rec["task_index"], rec["init_index"], rec["seed"])
@@ -44,17 +69,21 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, config: dict | None = None, 
 
     if todo:
         run_episodes(spec, todo, policy, record, workers=workers, execution=execution, noise_seed=noise_seed,
-                     progress=progress, max_batch=max_batch, max_wait_ms=max_wait_ms, envs_per_worker=envs_per_worker, desc=f"eval {cell.key.variant}/{cell.key.suite}/{cell.key.opt_level}")
+                     progress=progress, max_batch=max_batch, max_wait_ms=max_wait_ms, envs_per_worker=envs_per_worker,
+                     desc=f"eval {cell.key.variant}/{cell.key.suite}/{cell.key.opt_level}")
     eps = cell.episodes()
-    cfg = {"suite": to_dict(spec), **(config or {}), "execution": execution, "noise_seed": noise_seed,
+    policy_cfg = {"policy": policy} if isinstance(policy, str) else dict(getattr(policy, "config", {}))
+    cfg = {"suite": to_dict(spec), **policy_cfg, "execution": execution, "noise_seed": noise_seed,
            "episodes_per_task": episodes_per_task or spec.episodes_per_task}
+    info = getattr(policy, "level_info", None)
     result = Result(experiment=cell.key.experiment, variant=cell.key.variant, suite=cell.key.suite,
                     seed=cell.key.seed, opt_level=cell.key.opt_level, status="complete",
                     metrics=summarize(eps), per_task=per_task(eps), config=cfg, config_hash=spec_hash(cfg),
                     checkpoint={"path": str(checkpoint_path), "sha256": source["checkpoint_sha256"]}
                     if checkpoint_path or checkpoint_sha256 else None,
                     provenance={**provenance(), "suite": suite_provenance(spec)}, started=started,
-                    finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), extra=extra or {})
+                    finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    extra={**({"level_info": info} if info else {}), **(extra or {})})
     cell.write_result(result)
     return result.to_dict()
 
@@ -93,6 +122,7 @@ def add_arguments(p):
     p.add_argument("--execution", choices=["sync", "async"], default="sync")
     p.add_argument("--noise-seed", type=int, default=0, help="fixed sampling noise per call (-1: random)")
     p.add_argument("--smooth", action="store_true", help="Savitzky-Golay action smoothing (x2 upsampled)")
+    p.add_argument("--device", default=None, help="torch device of the policy (default: cuda when present, else cpu)")
     p.add_argument("--root", default="results", help="results store")
     p.add_argument("--server", default=None, metavar="ws://HOST:PORT",
                    help="drive a policy served by `wam-bench serve` instead of loading --checkpoint here")
@@ -121,21 +151,18 @@ def main(args) -> int:
         if policy.metadata.get("suite") != spec.name:
             raise UserError(f"--suite {spec.name}: the server at {args.server} maps keys for suite "
                             f"'{policy.metadata.get('suite')}'; restart it with --suite {spec.name}")
-        cfg = {"server": args.server, "level": {"name": policy.level}, "variant": {"name": policy.variant}}
         key = CellKey(args.experiment, policy.variant, spec.name, args.seed, policy.level)
         ckpt, sha = None, policy.checkpoint_sha256
     elif args.policy:
         key = CellKey(args.experiment, args.policy, spec.name, args.seed, "reference")
-        policy, cfg, ckpt = args.policy, {"policy": args.policy}, None
+        policy, ckpt = args.policy, None
     else:
-        from harness.policy.levels import load_leveled_policy
-        policy, cfg = load_leveled_policy(args.checkpoint, args.level, reg)
-        policy.smoothing = args.smooth
-        cfg["smoothing"] = args.smooth
+        from harness.policy.policy import build_policy
+        policy = build_policy(args.checkpoint, args.level, registry=reg, device=args.device, smoothing=args.smooth)
         key = CellKey(args.experiment, policy.variant, spec.name, args.seed, args.level)
         ckpt = Path(args.checkpoint)
     cell = Store(args.root).cell(key)
-    res = evaluate_cell(cell, spec, policy, config=cfg, checkpoint_path=ckpt, episodes_per_task=args.episodes,
+    res = evaluate_cell(cell, spec, policy, checkpoint_path=ckpt, episodes_per_task=args.episodes,
                         workers=args.workers, execution=args.execution, noise_seed=noise,
                         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, checkpoint_sha256=sha,
                         envs_per_worker=args.envs_per_worker)

@@ -60,6 +60,7 @@ class RemotePolicy:
         self.action_horizon, self.frame_stride = m["action_horizon"], m["frame_stride"]
         self.needs_history = m["needs_history"]
         self.checkpoint_sha256 = m.get("checkpoint_sha256")
+        self.config = m.get("config") or {}   # the served policy's cell config (recorded as in-process)
         self.last_latency_ms, self.last_stats = 0.0, []
         self._state = None
 

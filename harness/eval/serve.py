@@ -204,7 +204,8 @@ def metadata(policy, spec, keys: dict, checkpoint_sha256: str | None, max_batch:
             "state_dim": spec.state_dim, "image_size": spec.image_size,
             "action_horizon": spec.action_horizon or policy.action_horizon, "chunk_actions": policy.chunk.actions,
             "frame_stride": policy.frame_stride, "needs_history": policy.needs_history, "keys": keys,
-            "checkpoint_sha256": checkpoint_sha256, "max_batch": max_batch}
+            "checkpoint_sha256": checkpoint_sha256, "max_batch": max_batch,
+            "config": policy.config}  # what an eval cell records: the same cell config as in-process
 
 
 def add_arguments(p):
@@ -221,19 +222,17 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    import torch
     from harness.config import Registry
     from harness.errors import UserError
     from harness.policy.checkpoint import file_sha256
-    from harness.policy.levels import load_leveled_policy
+    from harness.policy.policy import build_policy
     from harness.suites.base import serve_keys
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise UserError(f"--max-batch {args.max_batch} / --max-wait-ms {args.max_wait_ms}: need a batch >= 1 and a wait >= 0")
     reg = Registry(args.include_path)
     spec = reg.suite(args.suite)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    policy, _ = load_leveled_policy(args.checkpoint, args.level, reg)
-    policy.model.to(device)
+    policy = build_policy(args.checkpoint, args.level, registry=reg, device=args.device)
+    device = policy.device
     keys = serve_keys(spec)
     if policy.camera not in keys["images"].values():
         raise UserError(f"suite {spec.name} maps no client key to the policy's camera '{policy.camera}' "

@@ -30,12 +30,9 @@ class InferOptions:
     kv_cache: bool = True        # encode the clean context once per call and reuse its K/V
     cfg_batch: bool = False      # conditional + unconditional in one batched forward
     cfg_parallel: bool = False   # conditional and unconditional on two workers (threads) at once
-    dit_cache: dict | None = None  # {"always": 2, "rules": [[0.95, 4], [0.93, 2]]} or {"schedule": "TTTFFF..."}
+    dit_cache: dict | None = None  # opt_levels.yaml's dit_cache_rule: {"always", "rules"} or {"schedule": "TTTFFF..."}
     steps: int | None = None     # override the variant's denoising steps
     autocast: str | None = None  # "bf16": run the network under torch.autocast (weights stay fp32)
-
-
-DIT_RULES = [[0.95, 4], [0.93, 2]]  # DreamZero's official thresholds -> steps skipped
 
 
 class DitCache:
@@ -57,7 +54,7 @@ class DitCache:
         if unknown:
             raise ValueError(f"dit_cache: unknown keys {sorted(unknown)} (always, rules, min_steps, schedule)")
         self.always = int(rule.get("always", 2))
-        self.rules = [(float(t), int(n)) for t, n in rule.get("rules", DIT_RULES)]
+        self.rules = [(float(t), int(n)) for t, n in rule.get("rules", ())]  # from opt_levels.yaml
         self.enabled = bool(rule) and steps >= int(rule.get("min_steps", 5))
         self.schedule = None
         if "schedule" in rule and rule["schedule"] is not None:
@@ -290,7 +287,8 @@ class WorldActionModel(nn.Module):
     def _sample(self, latents, state, prompt, opts: InferOptions, seeds: list, blocks) -> dict:
         ch, inf = self.v.chunk, self.v.inference
         steps = opts.steps or inf.steps
-        gens = [None if s is None else torch.Generator(latents.device).manual_seed(s) for s in seeds]
+        # noise drawn on the CPU and moved: a seed gives the same actions on every device
+        gens = [None if s is None else torch.Generator("cpu").manual_seed(s) for s in seeds]
         B, g = latents.shape[0], self.tokens_per_frame
         H = ch.actions
         sig = flow.sigma_grid(steps, inf.shift)
@@ -300,7 +298,8 @@ class WorldActionModel(nn.Module):
         computed = torch.zeros(B, dtype=torch.long, device="cpu")   # denoising steps computed, per sample
         passes = torch.zeros(B, dtype=torch.long, device="cpu")     # network forwards, per sample
         f0 = latents[:, 0]
-        z = lambda shape: torch.cat([torch.randn((1, *shape[1:]), generator=gn) for gn in gens])  # noqa: E731
+        z = lambda shape: torch.cat([torch.randn((1, *shape[1:]), generator=gn, device="cpu")  # noqa: E731
+                                     for gn in gens]).to(latents.device)
         proc = inf.procedure
         out: dict = {}
 

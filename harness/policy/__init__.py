@@ -1,4 +1,4 @@
-"""Policies: a checkpoint at an optimization level (`load_policy`), and the reference policies."""
-from harness.policy.policy import Policy, load_policy
+"""Policies: a checkpoint at an optimization level on a device (`build_policy`), and the reference policies."""
+from harness.policy.policy import Policy, build_policy, load_policy
 
-__all__ = ["Policy", "load_policy"]
+__all__ = ["Policy", "build_policy", "load_policy"]

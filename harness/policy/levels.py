@@ -1,8 +1,9 @@
-"""Optimization levels (variants/opt_levels.yaml) applied to a policy.
+"""Optimization levels (variants/opt_levels.yaml): the one level type is `OptLevelSpec`.
 
-A level is data; this module turns it into `InferOptions` plus the model transforms it needs
-(torch.compile, low precision), and says when a level does not apply to a variant. Compilation
-happens in a warm-up call at load, so its cost is reported apart and never lands in a latency.
+A level is data. This module derives from it the only two things inference needs: the per-call
+`InferOptions` (`infer_options`) and the model transforms (`transform`: int8, torch.compile),
+and says when a level does not apply to a variant. `Policy` applies both at construction
+(harness/policy/policy.py), so every command builds a policy at a level the same way.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import time
 
 import torch
 
-from harness.config import OptLevelSpec, Registry, VariantSpec, to_dict
+from harness.config import ConfigError, OptLevelSpec, VariantSpec, override
 from harness.errors import UserError
 from harness.model.wam import InferOptions
+
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def not_applicable(level: OptLevelSpec, variant: VariantSpec) -> str | None:
@@ -22,18 +25,42 @@ def not_applicable(level: OptLevelSpec, variant: VariantSpec) -> str | None:
     return None
 
 
+def with_overrides(level: OptLevelSpec, overrides: dict | None) -> OptLevelSpec:
+    """The level with dotted fields replaced (`{"steps": 4, "dit_cache_rule.rules": [[0.9, 4]]}`),
+    key-locked like every config; a sweep's trial is its base level with overrides."""
+    if not overrides:
+        return level
+    try:
+        return override(level, overrides)
+    except ConfigError as e:
+        raise UserError(f"level {level.name}: {e}") from None
+
+
 def infer_options(level: OptLevelSpec) -> InferOptions:
+    """The per-call options a level switches on (the DiT-cache rule comes from the level alone)."""
+    rule = None
+    if level.dit_cache:
+        rule = dict(level.dit_cache_rule or {})
+        if not (rule.get("rules") or rule.get("schedule")):
+            raise UserError(f"level {level.name}: dit_cache needs dit_cache_rule with rules or schedule "
+                            "(see harness/variants/opt_levels.yaml)")
     return InferOptions(kv_cache=level.kv_cache, cfg_batch=level.cfg_batch, cfg_parallel=level.cfg_parallel,
-                        dit_cache=dict(level.dit_cache_rule or {"always": 2}) if level.dit_cache else None,
-                        steps=level.steps, autocast="bf16" if level.precision == "bf16" else None)
+                        dit_cache=rule, steps=level.steps, autocast="bf16" if level.precision == "bf16" else None)
 
 
-def fp8_available(device: torch.device) -> str | None:
-    """Why fp8 matmuls cannot run on `device` (None when they can: CUDA with compute capability >= 8.9)."""
-    if device.type != "cuda":
-        return f"fp8 needs a CUDA GPU with compute capability >= 8.9; this model runs on {device.type}"
-    cap = torch.cuda.get_device_capability(device)
-    return None if cap >= (8, 9) else f"fp8 needs compute capability >= 8.9, {torch.cuda.get_device_name(device)} has {cap}"
+def check(level: OptLevelSpec, device: torch.device) -> None:
+    """Refuse a level that cannot run on `device`, before any weights are loaded."""
+    if level.precision not in PRECISIONS:
+        raise UserError(f"level {level.name}: unknown precision '{level.precision}' ({' | '.join(PRECISIONS)})")
+    if level.precision == "int8" and device.type != "cpu":
+        raise UserError(f"level {level.name}: int8 dynamic quantization runs on CPU only (asked for {device.type}); "
+                        "use --device cpu or another level")
+
+
+def compile_mode(device: torch.device) -> str:
+    """CUDA graphs on a GPU (`reduce-overhead`: one graph replay per call, no launch overhead);
+    the default inductor mode on CPU, where there are no graphs to capture."""
+    return "reduce-overhead" if device.type == "cuda" else "default"
 
 
 def quantize_int8(net: torch.nn.Module) -> torch.nn.Module:
@@ -48,57 +75,49 @@ def quantize_int8(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def apply_transforms(model, level: OptLevelSpec, warm: bool = True) -> dict:
-    """Low precision and compilation, in place; returns what was done, compile time apart.
-
-    With `warm`, one warm-up call per context length runs here, so a compiled graph is built
-    before any timed call (`compile_s` is that warm-up's wall time)."""
+def transform(model, level: OptLevelSpec) -> dict:
+    """Low precision and compilation of `model` (already on its device), in place; returns what
+    was done. bf16 is autocast at call time (`InferOptions.autocast`), not a transform."""
     device = next(model.parameters()).device
-    info = {"precision": level.precision, "compile": level.compile, "compile_s": None}
+    check(level, device)
     if level.precision == "int8":
-        if device.type != "cpu":
-            raise UserError(f"level {level.name}: int8 dynamic quantization runs on CPU only (model on {device})")
         model.net = quantize_int8(model.net)
-    elif level.precision == "fp8":
-        why = fp8_available(device)
-        if why:
-            raise UserError(f"level {level.name}: {why}")
-        raise UserError(f"level {level.name}: fp8 is not implemented in this build")
-    elif level.precision not in ("fp32", "bf16"):  # bf16 is autocast at call time (InferOptions)
-        raise UserError(f"level {level.name}: unknown precision '{level.precision}' (fp32 | bf16 | int8 | fp8)")
+    mode = None
     if level.compile:
-        model.net = torch.compile(model.net, dynamic=True)
-    if warm:
-        t0 = time.perf_counter()
-        try:
-            warm_up(model, infer_options(level))
-        except Exception as e:  # a compiler that fails here must not pass as the eager model
-            raise UserError(f"level {level.name}: warm-up failed ({'torch.compile' if level.compile else 'eager'}): "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-        if level.compile:
-            info["compile_s"] = time.perf_counter() - t0
-    return info
+        mode = compile_mode(device)
+        model.net = torch.compile(model.net, dynamic=True, mode=mode)
+    return {"precision": level.precision, "compile": level.compile, "compile_mode": mode}
 
 
 def warm_up(model, opts: InferOptions) -> None:
-    """One call per context shape the policy will meet (dreamzero: 0..K-1 observed blocks)."""
+    """One call per context shape the policy will meet (dreamzero: 0..K-1 observed blocks), on
+    the model's device: compiled graphs are built and lazy state initialised before any timed call."""
+    device = next(model.parameters()).device
     g, c = model.tokens_per_frame, model.codec.channels
-    lat = torch.zeros(1, 1, g, c)
-    state = torch.zeros(1, model.state_size)
+    lat = torch.zeros(1, 1, g, c, device=device)
+    state = torch.zeros(1, model.state_size, device=device)
     ch = model.v.chunk
     counts = range(ch.chunks) if model.v.inference.procedure == "chunk_autoregressive" else [0]
     for n in counts:
-        model.sample(lat, state, ["warm up"], opts, 0, [torch.zeros(1, ch.latent_frames * g, c)] * n)
+        model.sample(lat, state, ["warm up"], opts, 0, [torch.zeros(1, ch.latent_frames * g, c, device=device)] * n)
 
 
-def load_leveled_policy(checkpoint_path, level_name: str, registry: Registry | None = None):
-    """-> (Policy at that level, config dict for the result). Errors if the level is n/a."""
-    from harness.policy.policy import load_policy
-    reg = registry or Registry()
-    level = reg.opt_level(level_name)
-    policy = load_policy(checkpoint_path, infer_options(level), level.name)
-    why = not_applicable(level, policy.model.v)
-    if why:
-        raise UserError(f"level {level.name} does not apply to {policy.variant}: {why}")
-    info = apply_transforms(policy.model, level)
-    return policy, {"variant": to_dict(policy.model.v), "level": to_dict(level), "level_info": info}
+
+def prepare(model, level: OptLevelSpec, warm: bool = True) -> tuple[InferOptions, dict]:
+    """Apply `level` to `model` (on its device), in place: transforms, then with `warm` one untimed
+    warm-up call per context shape, so compilation never lands in a latency (`compile_s` is that
+    warm-up's wall time). -> (per-call options, what was done). `Policy` and the latency bench use it."""
+    opts = infer_options(level)
+    info = transform(model, level)
+    info["compile_s"] = None
+    if warm:
+        t0 = time.perf_counter()
+        try:
+            warm_up(model, opts)
+        except Exception as e:  # a compiler that fails here must not pass as the eager model
+            device = next(model.parameters()).device
+            raise UserError(f"level {level.name}: warm-up failed ({'torch.compile' if level.compile else 'eager'} "
+                            f"on {device}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        if level.compile:
+            info["compile_s"] = time.perf_counter() - t0
+    return opts, info

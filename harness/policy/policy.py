@@ -1,8 +1,11 @@
-"""Inference API: `load_policy(checkpoint)`, `policy.reset()`, `policy.infer(obs) -> actions`,
+"""Inference API: `build_policy(checkpoint, level)`, `policy.reset()`, `policy.infer(obs) -> actions`,
 and the batch form `policy.infer_batch(observations, noise_seeds, states)`.
 
-The policy runs its variant's procedure under an optimization level and reports its own
-latency. DreamZero-style policies keep the observed frames across calls: after each executed
+`build_policy` is the one way every command (eval, run, serve, sweep, nightly, bench) builds a policy
+at an optimization level: the level's model transforms, its per-call options and the device are
+fixed at construction, and `policy.config` is what an evaluation cell records, the same whichever
+command made it. The policy runs its variant's procedure and reports its own latency, synchronised
+on its device. DreamZero-style policies keep the observed frames across calls: after each executed
 chunk the real frames replace the prediction in the context (observation injection). That
 per-episode memory lives in an `EpisodeContext` (`new_state()`), one per episode, so one policy
 serves many episodes in one batch; `infer` is a batch of one over the policy's own context.
@@ -16,9 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.policy import checkpoint
+from harness.config import OptLevelSpec, Registry, to_dict
+from harness.errors import UserError
+from harness.policy import checkpoint, levels
 from harness.suites.base import Observation
-from harness.model.wam import InferOptions
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """`--device`: None means CUDA where present, else the CPU; a CUDA device that is not there
+    is a clear error, not a traceback at the first call."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+    return dev
 
 
 def smooth_actions(actions: np.ndarray, window: int = 7, order: int = 2) -> np.ndarray:
@@ -49,29 +67,47 @@ class EpisodeContext:
 
 
 class Policy:
-    def __init__(self, model, meta: dict, opts: InferOptions | None = None, level: str = "O1-kvcache",
-                 smoothing: bool = False):
-        self.model = model.eval()
-        self.smoothing = smoothing   # Savitzky-Golay on each returned chunk (`smooth_actions`)
-        self.meta = meta
-        self.opts = opts or InferOptions()
-        self.level = level
+    """A model at one optimization level on one device, configured once, here.
+
+    `config` is what an evaluation cell records and hashes (variant, level, smoothing, horizon,
+    device); `level_info` what building it did (compile mode and time), recorded apart."""
+
+    def __init__(self, model, meta: dict, level: OptLevelSpec, *, device: str | torch.device | None = "cpu",
+                 smoothing: bool = False, action_horizon: int | None = None, warm: bool = True):
         v = model.v
+        why = levels.not_applicable(level, v)
+        if why:
+            raise UserError(f"level {level.name} does not apply to {v.name}: {why}")
+        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        levels.check(level, self.device)
+        self.model = model.eval().to(self.device)
+        self.meta = meta
+        self.spec = level
+        self.level = level.name
+        self.smoothing = smoothing   # Savitzky-Golay on each returned chunk (`smooth_actions`)
         self.variant = v.name
         self.camera = meta["camera"]
         self.chunk = v.chunk
-        self.action_horizon = v.inference.action_horizon
+        self.action_horizon = v.inference.action_horizon if action_horizon is None else int(action_horizon)
+        if not 1 <= self.action_horizon <= self.chunk.actions:
+            raise UserError(f"action horizon {self.action_horizon}: must be 1..{self.chunk.actions} (the chunk length)")
         self.procedure = v.inference.procedure
         self.last_latency_ms = 0.0      # wall time of the last call (its whole batch), encoding to denormalized actions
         self.last_effective_steps = 0   # denoising steps computed in the last `infer` (DiT cache skips excluded)
         self.last_forward_passes = 0    # network forwards in it (prefills and both CFG passes counted)
         self.last_stats: list[dict] = []  # per sample of the last call: latency_ms, batch_size, effective_steps, forward_passes
+        self.opts, self.level_info = levels.prepare(self.model, level, warm)
         self.reset()
 
     @property
     def last_evals(self) -> int:
         """Old name of `last_effective_steps` (kept for callers that read it)."""
         return self.last_effective_steps
+
+    @property
+    def config(self) -> dict:
+        return {"variant": to_dict(self.model.v), "level": to_dict(self.spec), "smoothing": self.smoothing,
+                "action_horizon": self.action_horizon, "device": self.device.type}
 
     @property
     def needs_history(self) -> bool:
@@ -89,13 +125,13 @@ class Policy:
     def new_state(self) -> EpisodeContext:
         return EpisodeContext()
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def _encode(self, images: list[np.ndarray]) -> torch.Tensor:
         frames = torch.from_numpy(np.stack(images))[None].to(self.device)   # (1, T, H, W, 3)
-        return self.model.codec.encode(frames)                              # (1, T, g², C)
+        return self.model.codec.encode(frames)                               # (1, T, g², C)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _context(self, obs: Observation, cur: torch.Tensor, st: EpisodeContext):
         """Chunk-autoregressive context: anchor frame + the last K-1 observed blocks."""
@@ -129,6 +165,7 @@ class Policy:
         for obs in observations:
             if self.camera not in obs.images:
                 raise KeyError(f"policy needs camera '{self.camera}', observation has {list(obs.images)}")
+        self._sync()
         t0 = time.perf_counter()
         cur = [self._encode([o.images[self.camera]]) for o in observations]
         blocks = None
@@ -139,7 +176,7 @@ class Policy:
         out = self.model.sample(torch.cat(cur), state, [o.instruction for o in observations], self.opts, seeds, blocks)
         actions = self.model.denorm_action(out["actions"]).float().cpu().numpy()
         chunks = [smooth_actions(a) if self.smoothing else a for a in actions]
-        ms = (time.perf_counter() - t0) * 1000
+        ms = (time.perf_counter() - t0) * 1000   # .cpu() above waited for the device
         self.last_latency_ms = ms
         self.last_stats = [{"latency_ms": ms, "batch_size": B, "effective_steps": e, "forward_passes": f}
                            for e, f in zip(out["effective_steps"], out["forward_passes"])]
@@ -154,7 +191,20 @@ class Policy:
         return actions
 
 
-def load_policy(path: str | Path, opts: InferOptions | None = None, level: str = "O1-kvcache") -> Policy:
+def build_policy(path: str | Path, level: str | OptLevelSpec = "O1-kvcache", *, registry: Registry | None = None,
+                 device: str | torch.device | None = None, smoothing: bool = False, overrides: dict | None = None,
+                 action_horizon: int | None = None, warm: bool = True) -> Policy:
+    """The checkpoint at `path` as a policy at `level` (a name or a spec; `overrides` replace dotted
+    level fields, e.g. a sweep trial's `{"steps": 6}`), on `device` (None: CUDA where present).
+    Refuses a level the variant does not declare."""
+    if isinstance(level, str):
+        level = (registry or Registry()).opt_level(level)
+    level = levels.with_overrides(level, overrides)
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    levels.check(level, dev)
     sd, meta, _ = checkpoint.load(path)
-    model = checkpoint.build_model(meta, sd)
-    return Policy(model, meta, opts, level)
+    return Policy(checkpoint.build_model(meta, sd), meta, level, device=dev, smoothing=smoothing,
+                  action_horizon=action_horizon, warm=warm)
+
+
+load_policy = build_policy  # the name the inference API has always had

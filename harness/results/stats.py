@@ -43,11 +43,12 @@ def bootstrap_ci(values: Iterable[float], n_boot: int = 2000, seed: int = 0,
 def latency_summary(ms: Iterable[float], warmup: int = 1) -> dict:
     """p50/p95/mean of per-call latency, dropping the first `warmup` calls of the list.
 
-    The list is a whole cell's calls in the order they ran (episodes in file order), so the
+    The list is one cell's calls in the order they ran (episodes in file order), so the
     warm-up dropped is the cell's first call: lazy initialisation, torch.compile, CUDA context.
-    Each episode's first call is a real call a robot would wait for and is kept. A resumed
-    cell's first call after reloading is not dropped: the evaluator should make an untimed
-    warm-up call after loading a model.
+    Each episode's first call is a real call a robot would wait for and is kept. Several cells
+    pooled go through `summarize_cells`, which drops each cell's own first call. A resumed
+    cell's first call after reloading is not dropped: `Policy` makes untimed warm-up calls
+    when it is built (harness/policy/levels.py `prepare`).
     """
     x = np.asarray(list(ms), dtype=float)[max(0, warmup):]
     if x.size == 0:
@@ -62,16 +63,24 @@ def is_error(ep: dict) -> bool:
 
 
 def summarize(episodes: list[dict], warmup: int = 1) -> dict:
-    """Cell metrics from episode records. Errors are left out of success and progress and counted apart."""
+    """Cell metrics from one cell's episode records. Errors are left out of success and progress
+    and counted apart."""
+    return summarize_cells([episodes], warmup)
+
+
+def summarize_cells(cells: list[list[dict]], warmup: int = 1) -> dict:
+    """Metrics of several cells' episodes pooled (the seeds of one variant, suite and level);
+    the first `warmup` calls of each cell are dropped, not only of the first one."""
+    episodes = [e for eps in cells for e in eps]
     ok = [e for e in episodes if not is_error(e)]
     n, k = len(ok), sum(1 for e in ok if e["success"])
     prog = [float(e["progress"]) for e in ok if e.get("progress") is not None]
     maxp = [float(e["max_progress"]) for e in ok if e.get("max_progress") is not None]
-    lat = [float(v) for e in episodes for v in (e.get("latency_ms") or [])]
+    lat = [v for eps in cells for v in [float(v) for e in eps for v in (e.get("latency_ms") or [])][max(0, warmup):]]
     eff = [float(v) for e in episodes for v in (e.get("effective_steps") or [])]
     steps = sum(int(e.get("steps") or 0) for e in episodes)
     wall = sum(float(e.get("wall_s") or 0.0) for e in episodes)
-    lat_s = latency_summary(lat, warmup)
+    lat_s = latency_summary(lat, 0)
     return {
         "n_episodes": len(episodes),
         "n_errors": len(episodes) - n,

@@ -39,6 +39,7 @@ class GridOptions:
     include_path: tuple = ()
     datasets: dict = field(default_factory=dict)  # suite -> dataset folder (default: cached demos)
     progress: bool = False            # per-cell progress bars (off: the grid prints a summary)
+    device: str = "cpu"               # of the eval cells' policies (`cell_device`)
 
 
 def train_key(o: GridOptions, variant: str, suite: str, seed: int):
@@ -80,18 +81,16 @@ def trained_checkpoint(o: GridOptions, variant: str, suite: str, seed: int) -> s
 
 
 def eval_cell(checkpoint: str, o: GridOptions, variant: str, suite: str, seed: int, level_name: str) -> dict:
-    """One eval cell: the checkpoint at one optimization level, into the store."""
+    """One eval cell: the checkpoint at one optimization level, into the store (`build_policy`,
+    as `wam-bench eval` does, so either command reuses the cell the other made)."""
     from harness.eval.cell import evaluate_cell
-    from harness.policy.levels import apply_transforms, infer_options
-    from harness.policy.policy import load_policy
+    from harness.policy.policy import build_policy
     from harness.results.store import CellKey, Store
     reg = Registry(list(o.include_path))
-    level = reg.opt_level(level_name)
-    policy = load_policy(checkpoint, infer_options(level), level_name)
-    info = apply_transforms(policy.model, level)
+    policy = build_policy(checkpoint, level_name, registry=reg, device=o.device)
     res = evaluate_cell(Store(o.root).cell(CellKey(o.experiment, variant, suite, seed, level_name)), reg.suite(suite),
-                        policy, config={"level_info": info}, checkpoint_path=checkpoint, episodes_per_task=o.episodes,
-                        workers=o.workers, progress=o.progress)
+                        policy, checkpoint_path=checkpoint, episodes_per_task=o.episodes, workers=o.workers,
+                        progress=o.progress)
     return res["metrics"]
 
 
@@ -101,7 +100,7 @@ def reference_cell(o: GridOptions, ref: str, suite: str, seed: int) -> dict:
     from harness.results.store import CellKey, Store
     spec = Registry(list(o.include_path)).suite(suite)
     res = evaluate_cell(Store(o.root).cell(CellKey(o.experiment, ref, suite, seed, "reference")), spec, ref,
-                        config={"policy": ref}, episodes_per_task=o.episodes, workers=o.workers, progress=o.progress)
+                        episodes_per_task=o.episodes, workers=o.workers, progress=o.progress)
     return res["metrics"]
 
 
@@ -120,7 +119,7 @@ def train_cost(o: GridOptions, variant: str, seed: int) -> float:
 
 def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
     """-> (cells to run, {key: value} of cells already complete, every expected key)."""
-    from harness.eval.cell import cell_source
+    from harness.eval.cell import cell_source, is_done
     from harness.scale.ray_cells import GridCell
     from harness.policy.levels import not_applicable
     from harness.results.store import CellKey, Result, Store
@@ -149,7 +148,7 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                         if not cell.is_complete():
                             cell.write_result(Result(o.experiment, v, s, seed, lvl, status="complete", extra={"n/a": why}))
                         done[key] = None
-                    elif source and cell.is_complete() and cell.source() == source:
+                    elif source and cell.source() == source and is_done(cell, suites[s], o.episodes):
                         done[key] = cell.result()["metrics"]
                     else:
                         cells.append(GridCell(key, eval_cell, (o, v, s, seed, lvl), deps=(tk,),
@@ -161,7 +160,7 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                     key = CellKey(o.experiment, ref, s, seed, "reference")
                     expected.append(key)
                     cell = store.cell(key)
-                    if cell.is_complete() and cell.source() == cell_source(suites[s], policy=ref):
+                    if cell.source() == cell_source(suites[s], policy=ref) and is_done(cell, suites[s], o.episodes):
                         done[key] = cell.result()["metrics"]
                     else:
                         cells.append(GridCell(key, reference_cell, (o, ref, s, seed), label=f"eval {ref}/{s}/seed{seed}"))
@@ -230,7 +229,9 @@ def add_ray_arguments(p):
                    "default: start a local Ray. The results root must be on storage every node sees")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
     g.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs per cell (= its torch threads)")
-    g.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs per cell")
+    g.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs per cell (> 0: eval cells run on cuda)")
+    g.add_argument("--device", default=None, help="torch device of the eval cells' policies (default: cuda with "
+                   "--gpus-per-cell > 0, else cpu)")
     g.add_argument("--max-retries", type=int, default=3, help="retries of a cell whose worker process died")
 
 
@@ -242,13 +243,23 @@ def ray_options_from_args(args):
                       gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries)
 
 
+def cell_device(args) -> str:
+    """A cell sees a GPU only when it reserves one: Ray leaves the GPUs visible to cells that do
+    not, so cuda without --gpus-per-cell would share them behind the scheduler's back."""
+    device = args.device or ("cuda" if args.gpus_per_cell > 0 else "cpu")
+    if device.startswith("cuda") and args.gpus_per_cell <= 0:
+        raise UserError(f"--device {device} needs --gpus-per-cell > 0 (GPUs each cell reserves)")
+    return device
+
+
 def options_from_args(args) -> GridOptions:
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     variants = split(args.variants) if args.variants else all_variants(args.include_path)
     return GridOptions(experiment=args.experiment, variants=variants, suites=split(args.suites),
                        seeds=tuple(int(x) for x in split(args.seeds)), levels=split(args.levels), demos=args.demos,
                        steps=args.steps, episodes=args.episodes, workers=args.workers, root=args.root,
-                       reports=args.reports, references=not args.no_references, include_path=tuple(args.include_path))
+                       reports=args.reports, references=not args.no_references, include_path=tuple(args.include_path),
+                       device=cell_device(args))
 
 
 def main(args) -> int:

@@ -99,35 +99,35 @@ class CalibratedPolicy:
 # ------------------------------------------------------------------ the run
 
 def run_preset(preset: Preset, root: Path, checkpoint: str | None = None, dataset: str | None = None,
-               workers: int = 1) -> dict:
-    """Train (unless `checkpoint`) and evaluate the preset into a fresh store under `root`."""
+               workers: int = 1, include_path=(), device: str | None = None) -> dict:
+    """Train (unless `checkpoint`) and evaluate the preset into a fresh store under `root`
+    (variants and suites also from `include_path`, the policy on `device`: None is cuda where present)."""
     import torch
     torch.set_num_threads(1)
     from harness.config import Registry
     from harness.data.demos import make_demos
     from harness.eval.cell import evaluate_cell
-    from harness.policy.levels import load_leveled_policy
+    from harness.policy.policy import build_policy
     from harness.scale.grid import GridOptions, resolved
     from harness.results.store import CellKey, Store
     from harness.train import train
 
-    reg = Registry()
+    reg = Registry(list(include_path))
     spec = reg.suite(preset.suite)
     store = Store(root)
     t0 = time.perf_counter()
     if checkpoint is None:
         ds = dataset or str(make_demos(spec, preset.demos, seed=0, workers=workers))
-        rv = resolved(GridOptions(steps=preset.steps), preset.variant, preset.seed)
+        rv = resolved(GridOptions(steps=preset.steps, include_path=tuple(include_path)), preset.variant, preset.seed)
         print(f"[nightly] train {preset.variant} on {preset.suite}: {preset.steps} steps", flush=True)
         checkpoint = str(train(rv, ds, store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed,
                                                           "train")).path, progress=True).checkpoint)
-    policy, cfg = load_leveled_policy(checkpoint, preset.level, reg)
-    cal = CalibratedPolicy(policy)
+    cal = CalibratedPolicy(build_policy(checkpoint, preset.level, registry=reg, device=device))
     for _ in range(3):
         calibration_block()  # warm the calibration like the policy's own warm-up call
     print(f"[nightly] evaluate at {preset.level}: {preset.episodes} episodes x {len(spec.tasks)} tasks", flush=True)
     cell = store.cell(CellKey("nightly", preset.variant, preset.suite, preset.seed, preset.level))
-    evaluate_cell(cell, spec, cal, config=cfg, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
+    evaluate_cell(cell, spec, cal, checkpoint_path=checkpoint, episodes_per_task=preset.episodes,
                   workers=workers, progress=True)
     out = cell_summary(cell)
     calib = float(np.median(cal.calibration_ms))
@@ -219,6 +219,8 @@ def table(rows: list[dict]) -> str:
 
 def add_arguments(p):
     p.add_argument("--preset", default="tabletop-fastwam", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--variant", default=None, help="gate this variant (e.g. one from --include-path) instead of the "
+                   "preset's; its baseline is <preset>-<variant>.json")
     p.add_argument("--bless", action="store_true", help="write this run as the new baseline (no comparison)")
     p.add_argument("--baselines", default="results/baselines", help="folder of <preset>.json baselines")
     p.add_argument("--latency-ratio", type=float, default=1.25, help="fail when normalised latency rises above this ratio")
@@ -228,6 +230,7 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training (bisecting)")
     p.add_argument("--dataset", default=None, help="demonstrations to train on (default: the preset's cached demos)")
     p.add_argument("--workers", type=int, default=1, help="environment processes")
+    p.add_argument("--device", default=None, help="torch device of the policy (default: cuda when present, else cpu)")
 
 
 def main(args) -> int:
@@ -237,8 +240,13 @@ def main(args) -> int:
         raise UserError(f"unknown preset '{args.preset}'; presets: {', '.join(PRESETS)}")
     if not args.latency_ratio > 1 or not 0 < args.alpha < 1:
         raise UserError("--latency-ratio must be > 1 and --alpha in (0, 1)")
-    preset = PRESETS[args.preset]
-    base_path = Path(args.baselines) / f"{args.preset}.json"
+    preset, name = PRESETS[args.preset], args.preset
+    if args.variant:
+        from dataclasses import replace
+        from harness.config import Registry
+        Registry(list(args.include_path)).variant(args.variant)  # an unknown name fails before any work
+        preset, name = replace(preset, variant=args.variant), f"{args.preset}-{args.variant}"
+    base_path = Path(args.baselines) / f"{name}.json"
     base = None
     if not args.bless:
         if not base_path.is_file():
@@ -248,7 +256,7 @@ def main(args) -> int:
             raise UserError(f"{base_path} was made with other preset settings ({base.get('preset')}); re-bless it")
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     root = Path(args.root) / f"{args.preset}-{stamp}"
-    cur = run_preset(preset, root, args.checkpoint, args.dataset, args.workers)
+    cur = run_preset(preset, root, args.checkpoint, args.dataset, args.workers, args.include_path, args.device)
     doc = {"preset_name": args.preset, "preset": asdict(preset), **cur, "commit": git_state()["commit"], "machine": hardware(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "store": str(root)}
     out = Path(args.reports) / args.preset

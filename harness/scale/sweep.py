@@ -1,4 +1,7 @@
-"""`wam-bench sweep --space sweeps/<file>.yaml`: an Optuna study whose trials run on Ray.
+"""`wam-bench sweep --space NAME|PATH`: an Optuna study whose trials run on Ray.
+
+NAME is a space shipped in the package (harness/sweeps/NAME.yaml, e.g. `dreamzero-dit-cache`) or
+in an --include-path folder's sweeps/; PATH any YAML file.
 
 The study lives in persistent storage (SQLite under the results root by default, any database
 URL with `--storage`); re-running the command continues it: `--trials N` is the number of
@@ -8,8 +11,8 @@ training config, a train cell in the store) at the space's base level with the t
 parameters, into its own store cell. Objectives come from the space: one (best trial printed)
 or several, e.g. task progress up and latency down (the Pareto front printed and plotted).
 
-Parameter names in a space file:
-  infer.steps / infer.kv_cache / infer.cfg_batch   inference options (denoising steps, ...)
+Parameter names in a space file (each trial is `build_policy` at the base level with overrides):
+  infer.steps / infer.kv_cache / infer.cfg_batch   level fields (denoising steps, ...)
   dit_cache.threshold / dit_cache.always           DiT-cache rule [[t, 4], [t - 0.02, 2]]
   horizon                                          actions executed per inference call
   variant.<dotted.path>                            a training-time setting, e.g.
@@ -50,18 +53,37 @@ class Space:
     objectives: list = dataclasses.field(default_factory=list)   # [(metric, direction)]
     params: dict = dataclasses.field(default_factory=dict)
     sampler_seed: int = 0
+    # set by the command, not the file:
+    include_path: tuple = ()          # --include-path folders (user variants, suites, sweeps)
+    device: str = "cpu"               # of the trials' policies (as the grid's eval cells)
+
+
+RUNTIME = ("include_path", "device")
+SHIPPED = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def space_path(name: str, include_path=()) -> Path:
+    """--space: a file path, else a space shipped in the package or under an include folder's sweeps/."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return p
+    for folder in [Path(x) / "sweeps" for x in reversed(list(include_path))] + [SHIPPED]:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    shipped = sorted(f.stem for f in SHIPPED.glob("*.yaml"))
+    raise UserError(f"--space {name}: no such file or shipped space (shipped: {', '.join(shipped)})")
 
 
 def load_space(path: str | Path) -> Space:
     """Read and check a search-space YAML file (clear one-line errors)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--space {p}: no such file (examples in sweeps/)")
+        raise UserError(f"--space {p}: no such file (shipped spaces are in {SHIPPED})")
     try:
         d = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
-    known = {f.name for f in dataclasses.fields(Space)} | {"train"}
+    known = {f.name for f in dataclasses.fields(Space) if f.name not in RUNTIME} | {"train"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise UserError(f"{p}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -115,7 +137,7 @@ def trial_variant(space: Space, params: dict):
     """The trial's resolved variant and its store name (`<variant>+<hash>` when training settings change)."""
     from harness.config import override
     from harness.scale.grid import GridOptions, resolved
-    rv = resolved(GridOptions(steps=space.steps), space.variant, space.seed)
+    rv = resolved(GridOptions(steps=space.steps, include_path=tuple(space.include_path)), space.variant, space.seed)
     sets = _train_overrides(params)
     if not sets:
         return rv, space.variant
@@ -142,40 +164,62 @@ def checkpoint_for(space: Space, params: dict, root: str, dataset: str | None) -
         return str(train(rv, dataset, cell.path, progress=False).checkpoint)
 
 
+LEVEL_PARAMS = {"infer.steps": "steps", "infer.kv_cache": "kv_cache", "infer.cfg_batch": "cfg_batch",
+                "infer.cfg_parallel": "cfg_parallel"}
+
+
+def level_overrides(params: dict, level) -> dict:
+    """A trial's parameters as dotted overrides of its base level (`build_policy(overrides=)`)."""
+    out = {}
+    for k, v in params.items():
+        if k.startswith("infer."):
+            if k not in LEVEL_PARAMS:
+                raise UserError(f"param {k}: one of {', '.join(LEVEL_PARAMS)}")
+            out[LEVEL_PARAMS[k]] = v
+        elif k == "dit_cache.threshold":
+            out["dit_cache_rule.rules"] = [[float(v), 4], [float(v) - 0.02, 2]]
+        elif k == "dit_cache.always":
+            out["dit_cache_rule.always"] = int(v)
+    if any(k.startswith("dit_cache_rule.") for k in out) and not level.dit_cache:
+        raise UserError(f"params {', '.join(k for k in params if k.startswith('dit_cache.'))}: level {level.name} "
+                        "has no DiT cache, so they would change nothing; use a base_level with dit_cache (O3+)")
+    return out
+
+
+def check_space(space: Space) -> None:
+    """Refuse, before any trial: a base level the variant does not declare (as `run` does) and
+    parameters that would change nothing at it."""
+    from harness.config import Registry
+    from harness.policy.levels import not_applicable, with_overrides
+    reg = Registry(list(space.include_path))
+    level = reg.opt_level(space.base_level)
+    rv, _ = trial_variant(space, {})
+    why = not_applicable(level, rv.variant)
+    if why:
+        raise UserError(f"sweep {space.study}: base_level {level.name} does not apply to {space.variant} ({why})")
+    reg.suite(space.suite)
+    example = {k: (s["choices"][0] if s["type"] == "categorical" else s["low"]) for k, s in space.params.items()}
+    with_overrides(level, level_overrides(example, level))
+    if "horizon" in space.params and space.params["horizon"]["type"] != "categorical":
+        if not 1 <= space.params["horizon"]["low"] <= space.params["horizon"]["high"] <= rv.variant.chunk.actions:
+            raise UserError(f"param horizon: must lie in 1..{rv.variant.chunk.actions} (the chunk length)")
+
+
 def run_trial(space: Space, params: dict, number: int, root: str, dataset: str | None) -> dict:
     """Evaluate one trial into its store cell; returns its metrics (flat)."""
     from harness.config import Registry
     from harness.eval.cell import evaluate_cell
-    from harness.policy.levels import apply_transforms, infer_options
-    from harness.policy.policy import load_policy
+    from harness.policy.policy import build_policy
     from harness.results.store import CellKey, Store
     ckpt = checkpoint_for(space, params, root, dataset)
-    reg = Registry()
+    reg = Registry(list(space.include_path))
     level = reg.opt_level(space.base_level)
-    opts = infer_options(level)
-    rule = dict(opts.dit_cache or {})
-    for k, v in params.items():
-        if k.startswith("infer."):
-            field = k[len("infer."):]
-            if not hasattr(opts, field):
-                raise UserError(f"param {k}: InferOptions has no field '{field}'")
-            setattr(opts, field, v)
-        elif k == "dit_cache.threshold":
-            rule["rules"] = [[float(v), 4], [float(v) - 0.02, 2]]
-        elif k == "dit_cache.always":
-            rule["always"] = int(v)
-    if rule:
-        opts.dit_cache = rule
-    policy = load_policy(ckpt, opts, space.base_level)
-    if "horizon" in params:
-        if not 1 <= params["horizon"] <= policy.chunk.actions:
-            raise UserError(f"horizon {params['horizon']}: must be 1..{policy.chunk.actions} (the chunk length)")
-        policy.action_horizon = int(params["horizon"])
-    info = apply_transforms(policy.model, level)
+    policy = build_policy(ckpt, level, registry=reg, device=space.device, overrides=level_overrides(params, level),
+                          action_horizon=params.get("horizon"))
     _, name = trial_variant(space, params)
     cell = Store(root).cell(CellKey(f"sweep-{space.study}", name, space.suite, space.seed, f"trial{number:04d}"))
-    res = evaluate_cell(cell, reg.suite(space.suite), policy, config={"level_info": info, "params": params},
-                        checkpoint_path=ckpt, episodes_per_task=space.episodes, workers=1, progress=False)
+    res = evaluate_cell(cell, reg.suite(space.suite), policy, checkpoint_path=ckpt, episodes_per_task=space.episodes,
+                        workers=1, progress=False, extra={"params": params})
     m = res["metrics"]
     return {"progress_mean": m["progress_mean"], "success_rate": m["success_rate"],
             "max_progress_mean": m["max_progress_mean"], "latency_p50_ms": m["latency_ms"]["p50"],
@@ -224,6 +268,7 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
     from harness.scale.ray_cells import RayOptions, _run_cell, check_resources, connect
     from harness.results.store import CellKey
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_space(space)
     ro = ro or RayOptions()
     root = str(Path(root).resolve())
     directions = [d for _, d in space.objectives]
@@ -244,7 +289,8 @@ def run_sweep(space: Space, trials: int, storage: str, root: str = "results", re
         if not space.checkpoint and dataset is None:
             from harness.config import Registry
             from harness.data.demos import make_demos
-            dataset = str(make_demos(Registry().suite(space.suite), space.demos, seed=0, workers=1).resolve())
+            dataset = str(make_demos(Registry(list(space.include_path)).suite(space.suite), space.demos, seed=0,
+                                     workers=1).resolve())
         connect(ro)
         check_resources(ro)
         cpus = ray.cluster_resources().get("CPU", 1)
@@ -345,7 +391,7 @@ def report(study, space: Space, out: Path) -> list:
 # ------------------------------------------------------------------ command
 
 def add_arguments(p):
-    p.add_argument("--space", required=True, help="search-space YAML (see sweeps/)")
+    p.add_argument("--space", required=True, help="a shipped space's name (e.g. dreamzero-dit-cache) or a YAML path")
     p.add_argument("--study", default=None, help="study name (default: the space's `study`)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///<root>/sweeps.db)")
     p.add_argument("--trials", type=int, default=8, help="finished trials the study should reach (re-run continues)")
@@ -358,8 +404,10 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    from harness.scale.grid import ray_options_from_args
-    space = load_space(args.space)
+    from harness.scale.grid import cell_device, ray_options_from_args
+    include = tuple(str(Path(p).resolve()) for p in (args.include_path or []))
+    space = load_space(space_path(args.space, include))
+    space = dataclasses.replace(space, include_path=include, device=cell_device(args))
     if args.study:
         space = dataclasses.replace(space, study=args.study)
     if args.trials < 1:

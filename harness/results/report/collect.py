@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.config import ConfigError, Registry
-from harness.results.stats import per_task, summarize
+from harness.results.stats import per_task, summarize_cells
 from harness.results.store import REFERENCE_LEVEL, REFERENCE_VARIANTS, Cell, CellKey, Store, na_reason
 
 MIN_EPISODES = 20  # below this a Wilson interval is wider than +-20 points: too few to compare
@@ -33,7 +33,7 @@ class Group:
     cells: list[Cell] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     episodes: list[dict] = field(default_factory=list)
-    timed: list[dict] = field(default_factory=list)   # the episodes less each cell's first (warm-up) call
+    per_cell: list[list[dict]] = field(default_factory=list)  # the episodes cell by cell (warm-up is per cell)
     layout: str | None = None          # the variant's token layout, from the cell's recorded config
     na_reason: str | None = None
     metrics: dict = field(default_factory=dict)
@@ -86,21 +86,6 @@ class Collected:
         return min(levels, key=self.level_order) if levels else None
 
 
-def _without_warmup(episodes: list[dict]) -> list[dict]:
-    """A cell's episodes with its first inference call dropped (lazy set-up, compilation), so that
-    pooling seeds drops every cell's warm-up call, not only the first cell's."""
-    out = [dict(e) for e in episodes]
-    for e in out:
-        if e.get("latency_ms"):
-            e["latency_ms"] = list(e["latency_ms"])[1:]
-            break
-    return out
-
-
-def _latency(m: dict) -> dict:
-    return {"latency_ms": m["latency_ms"], "n_calls": m["n_calls"]}
-
-
 def _layout(result: dict | None, variant: str, registry: Registry) -> str | None:
     """The token layout a cell ran: from its recorded config, else from the registry's variant."""
     layout = (((result or {}).get("config") or {}).get("variant") or {}).get("layout")
@@ -133,9 +118,9 @@ def collect(store: Store, experiment: str, expected: list[CellKey] | None = None
         g.layout = g.layout or _layout(res, k.variant, reg)
         eps = c.episodes()
         g.episodes.extend(eps)
-        g.timed.extend(_without_warmup(eps))
+        g.per_cell.append(eps)
     for g in groups.values():
-        g.metrics = {**summarize(g.episodes), **_latency(summarize(g.timed, warmup=0))}
+        g.metrics = summarize_cells(g.per_cell)   # each cell's own first (warm-up) call dropped
         g.per_task = per_task(g.episodes)
     found = {c.key for c in cells}
     missing = sorted(f"{k.variant} / {k.suite} / seed{k.seed} / {k.opt_level}" for k in (expected or [])
