@@ -174,7 +174,7 @@ def test_smoothing_keeps_trends_and_removes_jitter():
 
 def test_dit_cache_rule_inside_sample(models):
     """The cosine rule decides inside `sample`: with a threshold every similarity beats, steps are
-    really skipped (the network runs fewer times) and `evals` says how many ran; with one none
+    really skipped (the network runs fewer times) and `effective_steps` says how many ran; with one none
     beats, every step runs and the actions are the uncached ones."""
     m = models["dreamzero"]
     lat, state, blocks = _inputs(m)
@@ -186,16 +186,17 @@ def test_dit_cache_rule_inside_sample(models):
             opts = InferOptions(kv_cache=True, cfg_batch=True, steps=16,
                                 dit_cache={"always": 2, "rules": rules, "min_steps": 5} if rules else None)
             out = m.sample(lat, state, ["pick up the red cube"], opts, noise_seed=7, blocks=blocks)
+            assert out["forward_passes"][0] == len(calls)   # every network forward is counted
             return out, len(calls) - 1  # one batched prefill of the clean context, then one call per step
         plain, n_plain = run(None)
         skip, n_skip = run([[-1.0, 4]])    # cos > -1 always: compute 0, 1, then skip 4, compute 1, ...
         never, n_never = run([[1.5, 4]])   # cos > 1.5 never: every step computed
     finally:
         hook.remove()
-    assert n_plain == plain["evals"] == 16
-    assert n_skip == skip["evals"] == len([0, 1, 6, 11])
+    assert n_plain == plain["effective_steps"][0] == 16
+    assert n_skip == skip["effective_steps"][0] == len([0, 1, 6, 11])
     assert not torch.allclose(skip["actions"], plain["actions"])
-    assert n_never == never["evals"] == 16 and torch.equal(never["actions"], plain["actions"])
+    assert n_never == never["effective_steps"][0] == 16 and torch.equal(never["actions"], plain["actions"])
 
 
 def test_dit_cache_rule_comes_from_the_level_only():
@@ -230,8 +231,8 @@ def test_policy_on_the_meta_device_puts_model_and_inputs_there(models):
     p = Policy(m, _meta(m), REG.opt_level("O1-kvcache"), device="meta", warm=False)
     assert {t.device.type for t in p.model.parameters()} == {"meta"}
     assert {t.device.type for t in p.model.buffers()} == {"meta"}
-    cur, state, blocks = p._inputs(_obs(m))
-    assert cur.device.type == "meta" and state.device.type == "meta" and blocks == []
+    cur, state, blocks = p._inputs([_obs(m)], [p.new_state()])
+    assert cur.device.type == "meta" and state.device.type == "meta" and blocks == [[]]
     assert p.config["device"] == "meta"
 
 

@@ -146,6 +146,17 @@ class Policy:
             st.f0 = st.blocks.pop(0)[:, -g:]
         return st.f0[:, None], list(st.blocks)
 
+    def _inputs(self, observations: list[Observation], states: list):
+        """(current/anchor latents (B, 1, g², C), state (B, S), per-sample observed blocks or None),
+        on the policy's device; advances each history-keeping episode's context."""
+        cur = [self._encode([o.images[self.camera]]) for o in observations]
+        blocks = None
+        if self.needs_history:
+            pairs = [self._context(o, c, st) for o, c, st in zip(observations, cur, states)]
+            cur, blocks = [p[0] for p in pairs], [p[1] for p in pairs]
+        state = torch.from_numpy(np.stack([np.asarray(o.state, dtype=np.float32) for o in observations])).to(self.device)
+        return torch.cat(cur), state, blocks
+
     @torch.no_grad()
     def infer_batch(self, observations: list[Observation], noise_seeds: list[int | None] | None = None,
                     states: list[EpisodeContext] | None = None) -> list[np.ndarray]:
@@ -167,13 +178,8 @@ class Policy:
                 raise KeyError(f"policy needs camera '{self.camera}', observation has {list(obs.images)}")
         self._sync()
         t0 = time.perf_counter()
-        cur = [self._encode([o.images[self.camera]]) for o in observations]
-        blocks = None
-        if self.needs_history:
-            pairs = [self._context(o, c, st) for o, c, st in zip(observations, cur, states)]
-            cur, blocks = [p[0] for p in pairs], [p[1] for p in pairs]
-        state = torch.from_numpy(np.stack([np.asarray(o.state, dtype=np.float32) for o in observations])).to(self.device)
-        out = self.model.sample(torch.cat(cur), state, [o.instruction for o in observations], self.opts, seeds, blocks)
+        cur, state, blocks = self._inputs(observations, states)
+        out = self.model.sample(cur, state, [o.instruction for o in observations], self.opts, seeds, blocks)
         actions = self.model.denorm_action(out["actions"]).float().cpu().numpy()
         chunks = [smooth_actions(a) if self.smoothing else a for a in actions]
         ms = (time.perf_counter() - t0) * 1000   # .cpu() above waited for the device
