@@ -88,6 +88,7 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
     d = dist or Dist()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    d.record_pid(out)
     ts = rv.variant.train
     data = open_dataset(dataset)
     camera = camera or data.camera_names[0]

@@ -109,6 +109,13 @@ class Dist:
             return nullcontext()
         return wrapped.no_sync()
 
+    def record_pid(self, out: Path) -> None:
+        """`<out>/ranks/rank-R.pid`: which process is which rank (to watch or stop one)."""
+        if self.active:
+            d = out / "ranks"
+            d.mkdir(exist_ok=True)
+            (d / f"rank-{self.rank}.pid").write_text(str(os.getpid()))
+
     # ------------------------------------------------------------------ checkpoints
     def save_sharded(self, out: Path, step: int, model, opt, meta: dict) -> Path:
         """Each rank writes its shard into `ckpt/step-N.tmp/`; when all have, rank 0 adds meta.json
