@@ -165,14 +165,21 @@ def suggestions(rv, plan: Plan, optim_bytes, offload, act_ck) -> list[str]:
     return out
 
 
-def render(p: Plan, easywam: bool = True) -> str:
+def flop(x: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} FLOP"
+
+
+def render(p: Plan) -> str:
     m = p.mem
+    how = {"ddp": "the state is replicated on every device", "fsdp": f"the state sharded {p.gpus} ways"}[p.strategy]
     lines = [
-        f"plan: {p.variant} on {p.backbone}, {p.gpus} x {p.gpu_mem_gb:g} GB, {p.strategy.upper()}"
-        + (" (the state is replicated on every device)" if p.strategy == "ddp" else f" (state sharded {p.gpus} ways)"),
+        f"plan: {p.variant} on {p.backbone}, {p.gpus} x {p.gpu_mem_gb:g} GB, {p.strategy.upper()} ({how})",
         f"  parameters            {p.params / 1e9:8.3f} B",
         f"  tokens per sample     {p.tokens['video']} video + {p.tokens['action']} action (+ {p.tokens['context']} context)",
-        f"  FLOPs per sample      {p.flops_fwd / 1e12:8.2f} TFLOP forward, {p.flops_train / 1e12:.2f} TFLOP a training step"
+        f"  FLOPs per sample      {flop(p.flops_fwd)} forward, {flop(p.flops_train)} a training step"
         + (" (with recompute)" if p.checkpointing else ""),
         "  memory per device (GB):",
         f"    parameters fp32     {m['params']:8.1f}",
@@ -197,7 +204,7 @@ def render(p: Plan, easywam: bool = True) -> str:
         f"  at {p.mfu:.0%} MFU of {p.peak_tflops:g} TFLOP/s bf16 per device: {p.samples_per_s:.1f} samples/s, "
         f"{p.steps} steps x {p.global_batch} = {p.wall_h:.2f} h",
     ]
-    if easywam:
+    if p.backbone == "wan22-5b":
         implied = 138 * p.flops_train / (p.gpus * p.peak_tflops * 1e12)
         lines.append(f"  check: EasyWAM's 138 samples/s on 8xH100 (Wan2.2-5B) would be {implied * 8 / p.gpus:.0%} MFU "
                      f"at this sample size on 8 devices; Fast-WAM's code (138/2.68 = 51 samples/s) "
@@ -217,12 +224,16 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the variant's train.steps)")
     p.add_argument("--offload", action="store_true", help="AdamW state in CPU memory")
     p.add_argument("--adam-8bit", action="store_true", help="8-bit Adam state (2 bytes a parameter)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a variant field, e.g. --set chunk.actions=32 (as `train --set`)")
 
 
 def main(args) -> int:
+    from harness.train import parse_sets
     rv = resolve_variant(args.variant, Registry(args.include_path), args.backbone)
-    if args.steps:
-        rv = ResolvedVariant(override(rv.variant, {"train.steps": args.steps}), rv.backbone)
+    sets = parse_sets(args.set)
+    if sets:
+        rv = ResolvedVariant(override(rv.variant, sets), rv.backbone)
     plan = make_plan(rv, args.gpus, args.gpu_mem, args.strategy, mfu=args.mfu, peak_tflops=args.peak_tflops,
                      global_batch=args.batch, steps=args.steps, optim_bytes=2.0 if args.adam_8bit else 8.0,
                      offload=args.offload)
