@@ -65,6 +65,10 @@ def reference(toy_dataset, tmp_path_factory):
     return out / "last.safetensors"
 
 
+def rank_pids(out) -> dict:
+    return {int(p.stem.split("-")[1]): int(p.read_text()) for p in (out / "ranks").glob("rank-*.pid")}
+
+
 def run_ok(proc, timeout=600):
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-2000:]
@@ -98,10 +102,12 @@ def test_sharded_checkpoint_of_two_workers_resumes_with_one(toy_dataset, referen
     deadline = time.time() + 300
     while not complete_checkpoints(out) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    for pid in rank_pids(out).values():  # torchrun starts its workers in their own sessions
+        os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    err = proc.communicate()[1]
     saved = complete_checkpoints(out)
-    assert saved, "the 2-worker run wrote no sharded checkpoint before it was stopped"
+    assert saved, f"the 2-worker run wrote no sharded checkpoint before it was stopped: {err[-1500:]}"
     step = saved[-1][0]
     assert 0 < step < STEPS and len(list(saved[-1][1].glob("*.distcp"))) == 2  # one shard file per rank
     res = train(recipe(), toy_dataset, out, progress=False)
@@ -138,13 +144,13 @@ def test_ray_worker_killed_mid_run_restarts_from_last_checkpoint(toy_dataset, re
     deadline = time.time() + 400
     while not complete_checkpoints(out) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    pids = {int(p.stem.split("-")[1]): int(p.read_text()) for p in (out / "ranks").glob("rank-*.pid")}
+    pids = rank_pids(out)
     killed_after = complete_checkpoints(out)[-1][0]
     os.kill(pids[1], signal.SIGKILL)
     stdout, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert killed_after < STEPS
-    new_pids = {int(p.stem.split("-")[1]): int(p.read_text()) for p in (out / "ranks").glob("rank-*.pid")}
+    new_pids = rank_pids(out)
     assert new_pids[1] != pids[1]  # a fresh worker group finished the run
     info = json.loads((out / "train.json").read_text())
     assert info["step"] == STEPS and 0 < info["resumed_from"] <= STEPS
