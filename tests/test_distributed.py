@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,46 @@ def test_ray_worker_killed_mid_run_restarts_from_last_checkpoint(toy_dataset, re
     info = json.loads((out / "train.json").read_text())
     assert info["step"] == STEPS and 0 < info["resumed_from"] <= STEPS
     assert_same_weights(out / "last.safetensors", reference)
+
+
+def test_bench_gpu_without_a_gpu_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from harness.cli import main as cli
+    monkeypatch.delenv("WAM_BENCH_GPU_DEVICE", raising=False)
+    assert cli(["bench", "gpu", "--quick", "--out", str(tmp_path / "g.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA GPU on this machine" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "g.json").exists()
+
+
+@pytest.mark.slow
+def test_bench_gpu_scaling_rows_run_on_cpu_with_the_tiny_preset(tmp_path, monkeypatch):
+    """The same code a GPU node runs (torchrun ranks, FSDP2, MFU), on gloo with the tiny preset."""
+    from harness.cli import main as cli
+    monkeypatch.setenv("WAM_BENCH_GPU_DEVICE", "cpu")
+    monkeypatch.setenv("WAM_BENCH_GPU_BACKBONE", "tiny")
+    assert cli(["bench", "gpu", "--quick", "--variants", "fastwam", "--out", str(tmp_path / "g.json")]) == 0
+    doc = json.loads((tmp_path / "g.json").read_text())
+    scaling = [r for r in doc["rows"] if r.get("devices")]
+    assert [(r["devices"], r["strategy"], r["error"]) for r in scaling] == [(1, "single", None), (2, "fsdp", None)]
+    assert all(r["samples_per_s"] > 0 and 0 < r["mfu"] < 1 for r in scaling)
+    assert doc["figures"]["train_samples_per_s_tiny_2dev"] > 0
+
+
+@pytest.mark.slow
+def test_bench_train_two_workers_writes_the_speedup(tmp_path):
+    from harness.cli import main as cli
+    assert cli(["bench", "train", "--workers", "2", "--quick", "--out", str(tmp_path / "b.json")]) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["figures"]["speedup_2_workers_train"] > 0
+    assert {r["workers"] for r in doc["rows"]} == {1, 2}
+
+
+@pytest.mark.slow
+def test_grid_train_cell_with_two_workers(tmp_path, toy_dataset, ray_session):
+    """`wam-bench run --workers-per-cell 2`: the train cell is a Ray Train group of 2 processes."""
+    from harness.scale.grid import GridOptions, train_cell
+    o = GridOptions(experiment="d", variants=("fastwam",), steps=6, root=str(tmp_path / "results"), train_workers=2)
+    ckpt = train_cell(o, "fastwam", "tabletop", 0, str(toy_dataset))
+    info = json.loads((Path(ckpt).parent / "train.json").read_text())
+    assert info["workers"] == 2 and info["step"] == 6
+    load_policy(ckpt)
