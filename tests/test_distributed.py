@@ -173,6 +173,7 @@ def test_bench_gpu_scaling_rows_run_on_cpu_with_the_tiny_preset(tmp_path, monkey
     from harness.cli import main as cli
     monkeypatch.setenv("WAM_BENCH_GPU_DEVICE", "cpu")
     monkeypatch.setenv("WAM_BENCH_GPU_BACKBONE", "tiny")
+    monkeypatch.setenv("WAM_BENCH_GPU_SCALING", "1")
     assert cli(["bench", "gpu", "--quick", "--variants", "fastwam", "--out", str(tmp_path / "g.json")]) == 0
     doc = json.loads((tmp_path / "g.json").read_text())
     scaling = [r for r in doc["rows"] if r.get("devices")]

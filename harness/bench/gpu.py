@@ -5,7 +5,7 @@ mixed precision and activation checkpointing (torchrun processes, NCCL), all in 
 
 Where there is no GPU it stops with one line (exit 2): CPU numbers at this size would mean nothing.
 `WAM_BENCH_GPU_DEVICE=cpu WAM_BENCH_GPU_BACKBONE=tiny` runs the same code on the CPU at the tiny
-preset (gloo), which is how the tests check it. Timings are device-synchronised, warm-up excluded;
+preset (gloo), which is how the tests check it (the scaling rows too with WAM_BENCH_GPU_SCALING=1). Timings are device-synchronised, warm-up excluded;
 a variant or a scaling run that fails records its error in its row instead of stopping the rest.
 MFU = model FLOPs (harness/scale/plan.py's count, x4 for forward + backward + recompute) per second
 over the dense bf16 matmul peak measured on the same device in the same run.
@@ -44,14 +44,17 @@ def measure(args) -> dict:
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     notes = [f"{backbone} on {gpu}, {'bf16 autocast' if device.startswith('cuda') else 'fp32'}, "
              f"batch {rows[0]['batch'] if rows else '-'}; inference: one call, default steps, K/V cache on"]
-    scale_rows = training_scaling(device, quick, [backbone] if not device.startswith("cuda") else SCALING_BACKBONES)
+    cuda = device.startswith("cuda")
+    scale_rows = training_scaling(device, quick, SCALING_BACKBONES if cuda else [backbone]) \
+        if cuda or os.environ.get("WAM_BENCH_GPU_SCALING") else []
     for r in scale_rows:
         if r["error"] is None:
             tag = f"{r['backbone']}_{r['devices']}dev"
             figures[f"train_samples_per_s_{tag}"] = r["samples_per_s"]
             figures[f"train_mfu_{tag}"] = r["mfu"]
-    notes.append("scaling rows: FSDP2 per MoT block, bf16 mixed precision, activation checkpointing, AdamW; "
-                 "wan22-5b with a pixel codec and hashed text of Wan's token counts (no weights needed)")
+    if scale_rows:
+        notes.append("scaling rows: FSDP2 per MoT block, bf16 mixed precision, activation checkpointing, AdamW; "
+                     "wan22-5b with a pixel codec and hashed text of Wan's token counts (no weights needed)")
     return {"figures": figures, "rows": rows + scale_rows, "notes": notes}
 
 
