@@ -3,7 +3,6 @@ diffusers), action-expert interpolation init, the Wan VAE codec (equal to diffus
 encoder with its on-disk cache, the wan22-5b preset on the meta device, gradient checkpointing,
 and `bench gpu` without a GPU. All models are small random configs saved locally: no downloads."""
 import argparse
-import json
 
 import numpy as np
 import pytest
