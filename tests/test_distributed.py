@@ -126,6 +126,18 @@ def test_nan_on_the_ranks_stops_all_with_one_line(tmp_path):
     assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
+def test_loader_workers_prefetch_the_same_step_batches(toy_dataset):
+    """Data-loader processes serve exactly the micro-batches the loop would draw itself."""
+    from harness.scale.distributed import StepBatches, batches
+    from harness.train import make_sampler
+    rv = recipe()
+    ds = StepBatches(make_sampler(rv, open_dataset(toy_dataset), "front"), 0, BATCH, 2, [1])
+    for step, (got, want) in enumerate(zip(batches(ds, 3, 6, workers=1, pin=False), [ds[s] for s in range(3, 6)])):
+        assert [m for m, _ in got] == [1] and got[0][1]["task"] == want[0][1]["task"]
+        np.testing.assert_array_equal(np.asarray(got[0][1]["frames"]), want[0][1]["frames"])
+    assert step == 2
+
+
 def test_shards_must_split_over_workers_and_batch(toy_dataset, tmp_path):
     from harness.errors import UserError
     with pytest.raises(UserError, match="batch_size 4 does not split into 3 data shards"):

@@ -148,7 +148,7 @@ class Dist:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
         model_sd, optim_sd = get_state_dict(model, opt)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, checkpoint_id=str(path), no_dist=not self.active)
         set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
         return json.loads((path / "meta.json").read_text())
 
