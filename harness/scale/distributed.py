@@ -96,7 +96,8 @@ class Dist:
             fully_shard(model, mp_policy=mp)
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # some variants leave weights out of the loss (fastwam-no-cotrain: the video head)
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
     def sync_grads(self, wrapped: torch.nn.Module, last: bool):
         """Context for one micro-batch's backward: gradients are reduced only on the last one."""
