@@ -170,8 +170,9 @@ def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: 
             parts = d.mean(parts)  # a NaN on any rank reaches every rank: all stop on the same step
             loss_val = parts[0].item()
             if not math.isfinite(loss_val):
+                good = [p for _, p in complete_checkpoints(out)] + ([last] if last.exists() else [])
                 raise UserError(f"training {rv.variant.name} diverged: loss is {loss_val} at step {step}; "
-                                f"the last good checkpoint is {last if last.exists() else 'none'}; lower train.lr")
+                                f"the last good checkpoint is {good[-1] if good else 'none'}; lower train.lr")
             torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
             opt.step()
             done_samples += bs
