@@ -17,6 +17,7 @@ COMMANDS = {
     "results": ("harness.results.store", "print the results store as a table"),
     "report": ("harness.results.report", "tables, plots and an HTML page from the results store"),
     "bench": ("harness.bench", "measure one figure family and write JSON"),
+    "plan": ("harness.scale.plan", "memory per device, FLOPs and wall time of a training recipe on N GPUs"),
     "sweep": ("harness.scale.sweep", "Optuna sweep with persistent storage"),
     "nightly": ("harness.scale.nightly", "regression gate against results/baselines/"),
 }

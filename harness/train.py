@@ -3,11 +3,17 @@
 `wam-bench train --variant fastwam --dataset DIR [--out DIR] [--steps N]`. Re-running the same
 command resumes from `<out>/last.safetensors`; Ctrl-C saves first. A NaN/inf loss stops the run
 with the last good checkpoint kept.
+
+The same loop runs as one rank of many: `--workers N [--strategy ddp|fsdp]` (a Ray Train worker
+group) or `torchrun --nproc-per-node N -m harness.cli train ...`. Those runs save sharded
+checkpoints under `<out>/ckpt/` while training and the single file at the end; see
+harness/scale/distributed.py for how the global batch stays the same on any worker count.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,95 +69,145 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _State:
+    """A state dict dressed as a module/optimizer, for `checkpoint.save` of a gathered state."""
+
+    def __init__(self, sd: dict):
+        self.sd = sd
+
+    def state_dict(self) -> dict:
+        return self.sd
+
+
 def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: str | None = None,
-          progress: bool = True, desc: str | None = None) -> TrainResult:
+          progress: bool = True, desc: str | None = None, dist=None) -> TrainResult:
+    """The training loop, on one process or as one rank of many (`dist`: harness.scale.distributed.Dist)."""
     from harness.data.lerobot import open_dataset
+    from harness.scale.distributed import (Dist, StepBatches, batches, complete_checkpoints, device_for,
+                                           noise_generator)
+    d = dist or Dist()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    d.record_pid(out)
     ts = rv.variant.train
     data = open_dataset(dataset)
     camera = camera or data.camera_names[0]
+    if not d.main:
+        d.barrier()  # rank 0 decodes the windows into the shared cache first; the others read it
     sampler = make_sampler(rv, data, camera)
+    if d.main:
+        d.barrier()
     meta = {"config": rv.to_dict(), "config_hash": rv.hash, "stats": dataset_stats(data),
             "action_size": data.action_dim, "state_size": data.state_dim, "camera": camera,
             "dataset": str(Path(dataset).resolve()), "fps": data.fps}
     torch.manual_seed(ts.seed)
     model = checkpoint.build_model(meta)
-    device = pick_device(ts.device)
+    device = pick_device(device_for(d, ts.device))
     last = out / "last.safetensors"
-    if not last.exists() and (rv.backbone.weights or rv.backbone.action_init != "random"):
+    # resume from the newest of: the single-file checkpoint, the newest complete sharded one
+    sharded = complete_checkpoints(out)[-1:]
+    single = checkpoint.load(last) if last.exists() else None
+    use_sharded = bool(sharded) and (single is None or sharded[0][0] > int(single[1]["step"]))
+    old_meta = json.loads((sharded[0][1] / "meta.json").read_text()) if use_sharded else (single[1] if single else None)
+    if old_meta is not None and ResolvedVariant.from_dict(old_meta["config"]).hash != rv.hash:  # today's schema
+        raise UserError(f"{out} holds a checkpoint of a different config ({old_meta.get('config_hash')} vs "
+                        f"{rv.hash}); use another --out or delete it")
+    if old_meta is None and (rv.backbone.weights or rv.backbone.action_init != "random"):
         from harness.model.wan import apply_init  # pretrained video weights, interpolated action expert
         apply_init(model.net, rv.backbone.weights, rv.backbone.action_init)
+    shards = int(old_meta.get("shards", 1)) if old_meta else (d.shards or d.world)
+    if old_meta and d.shards and d.shards != shards:
+        raise UserError(f"{out} was started with --shards {shards}; resume it with that (or a new --out)")
+    meta["shards"] = shards
+    mine = d.my_shards(shards)
     model.to(device)
-    if ts.grad_checkpointing:
+    if ts.grad_checkpointing or (d.active and d.strategy == "fsdp" and rv.backbone.name.startswith("wan22")):
         model.net.enable_grad_checkpointing(True)
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=ts.precision == "bf16" and device.type == "cuda")
+    names = [n for n, _ in model.named_parameters()]
+    bf16 = ts.precision == "bf16" and device.type == "cuda"
+    net = d.wrap(model, bf16=bf16, device=device)  # the module whose forward is the loss
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
     opt = torch.optim.AdamW(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
     start = 0
-    if last.exists():
-        sd, old_meta, opt_sd = checkpoint.load(last)
-        if ResolvedVariant.from_dict(old_meta["config"]).hash != rv.hash:  # read as today's schema: retired keys dropped
-            raise UserError(f"{out} holds a checkpoint of a different config ({old_meta.get('config_hash')} vs "
-                            f"{rv.hash}); use another --out or delete it")
-        model.load_state_dict(sd)
-        if opt_sd is not None:
-            opt.load_state_dict(opt_sd)
-        start = int(old_meta["step"])
+    if use_sharded:
+        start = int(d.load_sharded(sharded[0][1], model, opt)["step"])
+    elif single is not None:
+        d.load_full(model, opt, single[0], single[2], names)
+        start = int(single[1]["step"])
+    if old_meta is not None:
         meta["stats"] = old_meta["stats"]
-    keep_losses_before(out / "loss.jsonl", start)
-    log = (out / "loss.jsonl").open("a")
+    d.precompute(model, sampler, sampler.tasks)  # T5 prompts / VAE latents once, split over ranks
+    if d.main:
+        keep_losses_before(out / "loss.jsonl", start)   # a resumed run logs each step once
+    log = (out / "loss.jsonl").open("a") if d.main else None
     total, bs = ts.steps, ts.batch_size
     model.train()
     loss_val, t0, done_samples = float("nan"), time.perf_counter(), 0
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress,
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not (progress and d.main),
                desc=desc or f"train {rv.variant.name}", unit="step", dynamic_ncols=True)
+    loader = batches(StepBatches(sampler, ts.seed, bs, shards, mine), start, total, d.loader_workers,
+                     pin=device.type == "cuda")
 
     def save(step):
-        checkpoint.save(last, model, {**meta, "step": step}, opt)
+        if d.active:
+            d.save_sharded(out, step, model, opt, meta)
+        else:
+            checkpoint.save(last, model, {**meta, "step": step}, opt)
 
     step = start
     try:
-        for step in bar:
-            rng = np.random.default_rng([ts.seed, step])  # per-step streams: resume is exact
-            gen = torch.Generator(device).manual_seed(ts.seed * 1_000_003 + step)
-            batch = to_torch(sampler.sample(rng, bs), device)
+        for step, micro in zip(bar, loader):
             lr = lr_at(step, total, ts.lr, ts.warmup_frac)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with autocast:
-                losses = model.loss(batch, gen)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise UserError(f"training {rv.variant.name} diverged: loss is {loss.item()} at step {step}; "
-                                f"the last good checkpoint is {last if last.exists() else 'none'}; lower train.lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = torch.zeros(3, device=device)  # loss, video, action: mean over this step's shards
+            for j, (m, b) in enumerate(micro):
+                with d.sync_grads(net, last=j == len(micro) - 1):
+                    with autocast:
+                        losses = net(to_torch(b, device), noise_generator(ts.seed, step, m, device))
+                    (losses["loss"] / len(micro)).backward()
+                parts += torch.stack([losses["loss"].detach().float(), losses["loss_video"].float(),
+                                      losses["loss_action"].float()]) / len(micro)
+            parts = d.mean(parts)  # a NaN on any rank reaches every rank: all stop on the same step
+            loss_val = parts[0].item()
+            if not math.isfinite(loss_val):
+                good = [p for _, p in complete_checkpoints(out)] + ([last] if last.exists() else [])
+                raise UserError(f"training {rv.variant.name} diverged: loss is {loss_val} at step {step}; "
+                                f"the last good checkpoint is {good[-1] if good else 'none'}; lower train.lr")
             torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
             opt.step()
-            loss_val = loss.item()
             done_samples += bs
-            if step % ts.log_every == 0 or step == total - 1:
+            if d.main and (step % ts.log_every == 0 or step == total - 1):
                 rate = done_samples / (time.perf_counter() - t0)
-                log.write(json.dumps({"step": step, "loss": loss_val, "loss_video": losses["loss_video"].item(),
-                                      "loss_action": losses["loss_action"].item(), "lr": lr, "samples_per_s": rate}) + "\n")
+                log.write(json.dumps({"step": step, "loss": loss_val, "loss_video": parts[1].item(),
+                                      "loss_action": parts[2].item(), "lr": lr, "samples_per_s": rate}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{loss_val:.3f}", sps=f"{rate:.0f}")
             if (step + 1) % ts.checkpoint_every == 0 and step + 1 < total:
                 save(step + 1)
         step = total
     except KeyboardInterrupt:
-        save(step)
+        if not d.active:  # a distributed run resumes from its last sharded checkpoint
+            save(step)
         raise
     finally:
         bar.close()
-        log.close()
+        if log:
+            log.close()
     if start < total or not last.exists():
-        save(total)
+        model_sd, optim_sd = d.full_state(model, opt, names)
+        if d.main:
+            checkpoint.save(last, _State(model_sd), {**meta, "step": total}, _State(optim_sd))
+        d.finish(out)
     elapsed = time.perf_counter() - t0
     result = TrainResult(last, total, loss_val, done_samples / elapsed if elapsed > 0 else 0.0, start)
-    from harness.results.store import atomic_write_json
-    atomic_write_json(out / "train.json", {"step": total, "final_loss": loss_val, "samples_per_s": result.samples_per_s,
-                                           "resumed_from": start, "config_hash": rv.hash, "wall_s": elapsed})
+    if d.main:
+        from harness.results.store import atomic_write_json
+        atomic_write_json(out / "train.json", {"step": total, "final_loss": loss_val, "samples_per_s": result.samples_per_s,
+                                               "resumed_from": start, "config_hash": rv.hash, "wall_s": elapsed,
+                                               "workers": d.world, "shards": shards})
+    d.barrier()
     return result
 
 
@@ -176,6 +232,17 @@ def add_arguments(p):
     p.add_argument("--camera", default=None, help="dataset camera to train on (default: the first)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any variant field, e.g. --set train.lr=3e-4 (key-locked)")
+    g = p.add_argument_group("distributed (see harness/scale/distributed.py)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="training processes, as a Ray Train worker group (under torchrun: its processes)")
+    g.add_argument("--strategy", default="auto", help="ddp | fsdp | auto (FSDP2 for wan22-* presets, else DDP)")
+    g.add_argument("--shards", type=int, default=None,
+                   help="micro-batches per step (default: the first start's worker count); the same value "
+                        "gives the same result on any worker count that divides it")
+    g.add_argument("--loader-workers", type=int, default=0, help="data-loader processes per worker (prefetch)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default: 1 if CUDA, else 0)")
+    g.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last sharded checkpoint")
+    g.add_argument("--address", default=None, help="existing Ray cluster (default: a local Ray)")
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -196,7 +263,24 @@ def main(args) -> int:
         sets["train.steps"] = args.steps
     if sets:
         rv = ResolvedVariant(override(rv.variant, sets), rv.backbone)
-    res = train(rv, args.dataset, args.out or f"runs/{rv.variant.name}", camera=args.camera)
+    from harness.scale import distributed as dist
+    if args.workers < 1 or (args.shards is not None and args.shards < 1):
+        raise UserError("--workers and --shards must be at least 1")
+    strategy = dist.resolve_strategy(args.strategy, rv.backbone.name)
+    out = args.out or f"runs/{rv.variant.name}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: this process is one rank
+        d = dist.from_env(strategy, args.shards, args.loader_workers)
+        res = train(rv, args.dataset, out, camera=args.camera, dist=d)
+        if not d.main:
+            return 0
+    elif args.workers > 1:
+        gpus = args.gpus_per_worker if args.gpus_per_worker is not None else float(torch.cuda.is_available())
+        ro = dist.RayTrainOptions(workers=args.workers, strategy=strategy, gpus_per_worker=gpus, address=args.address,
+                                  max_failures=args.max_failures, shards=args.shards, loader_workers=args.loader_workers)
+        res = dist.train_on_ray(rv, args.dataset, out, ro, camera=args.camera)
+    else:
+        res = train(rv, args.dataset, out, camera=args.camera,
+                    dist=dist.Dist(shards=args.shards, loader_workers=args.loader_workers))
     print(f"trained {rv.variant.name}: step {res.step}, loss {res.final_loss:.4f}, "
           f"{res.samples_per_s:.0f} samples/s -> {res.checkpoint}")
     return 0

@@ -3,7 +3,6 @@ diffusers), action-expert interpolation init, the Wan VAE codec (equal to diffus
 encoder with its on-disk cache, the wan22-5b preset on the meta device, gradient checkpointing,
 and `bench gpu` without a GPU. All models are small random configs saved locally: no downloads."""
 import argparse
-import json
 
 import numpy as np
 import pytest
@@ -321,9 +320,9 @@ def test_bench_gpu_without_gpu_says_so(monkeypatch):
     from harness.bench import gpu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("WAM_BENCH_GPU_DEVICE", raising=False)
-    out = gpu.measure(argparse.Namespace(quick=True, include_path=[], variants=None))
-    assert out["figures"] == {"gpu_available": 0} and "no CUDA GPU" in out["notes"][0]
-    json.dumps(out)
+    from harness.errors import UserError
+    with pytest.raises(UserError, match="no CUDA GPU on this machine"):  # one line, exit 2 from the CLI
+        gpu.measure(argparse.Namespace(quick=True, include_path=[], variants=None))
 
 
 def test_bench_gpu_code_path_on_cpu(monkeypatch):

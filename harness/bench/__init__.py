@@ -24,6 +24,7 @@ def add_arguments(p):
     p.add_argument("--variants", default=None, help="comma-separated variants (latency bench)")
     p.add_argument("--checkpoint", default=None, help="checkpoint for eval/latency benches")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--workers", type=int, default=None, help="train bench: training processes to compare with one")
     p.add_argument("--frame-stride", type=int, default=4, help="sim bench: control steps between rendered frames")
 
 

@@ -56,6 +56,8 @@ def op_breakdown(step) -> dict:
 
 
 def measure(args) -> dict:
+    if (getattr(args, "workers", None) or 1) > 1:
+        return measure_workers(args)
     threads = torch.get_num_threads() if getattr(args, "threads", None) is None else args.threads
     torch.set_num_threads(threads)
     names = (args.variants or "fastwam").split(",")
@@ -93,3 +95,56 @@ def measure(args) -> dict:
             figures["mfu"] = mfu
     notes.append("MFU counts matmul/attention FLOPs of forward+backward; peak = best fp32 512x512 matmul in the same run")
     return {"figures": figures, "rows": rows, "notes": notes}
+
+
+def synthetic_dataset(root, episodes: int = 4, T: int = 40, size: int = 32):
+    """A small LeRobot dataset of random frames and actions (the cost of a step does not depend
+    on what the pixels show), so the workers bench needs no demonstrations."""
+    from harness.data.lerobot import Episode, write_dataset
+    g = np.random.default_rng(0)
+    eps = [Episode(task=f"task {e}", state=g.standard_normal((T, 4), np.float32),
+                   action=g.standard_normal((T, 4), np.float32),
+                   images={"front": g.integers(0, 256, (T, size, size, 3), dtype=np.uint8)}) for e in range(episodes)]
+    return write_dataset(root, eps, fps=10, video=False)
+
+
+def measure_workers(args) -> dict:
+    """`bench train --workers N`: samples/s of `wam-bench train` on N processes (torchrun, gloo,
+    DDP, one torch thread each) over one process, the same global batch, runs alternated so the
+    machine's noise hits both; figure `speedup_N_workers_train` is the median of the paired ratios.
+    A run's samples/s is train.json's (the loop's wall time, process start-up excluded)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    n = args.workers
+    variant = (args.variants or "fastwam").split(",")[0]
+    # global batch 64: at 16 the tiny preset is bound by per-op overhead (a step at batch 8 costs
+    # 85% of one at 16 on one core), so halving the per-worker batch could not halve the time
+    steps, reps, batch = (15, 1, 64) if args.quick else (30, 3, 64)
+    tmp = Path(tempfile.mkdtemp(prefix="wam-bench-workers-"))
+    ds = synthetic_dataset(tmp / "ds")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows, ratios = [], []
+    for rep in range(reps):
+        rate = {}
+        for w in (1, n):
+            out = tmp / f"run-{rep}-{w}"
+            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(w)] if w > 1 \
+                else [sys.executable]
+            cmd = [*launch, "-m", "harness.cli", "train", "--variant", variant, "--dataset", str(ds), "--out", str(out),
+                   "--steps", str(steps), "--set", f"train.batch_size={batch}", "--set", "train.checkpoint_every=100000",
+                   "--strategy", "ddp", "--shards", str(w)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{w}-worker training failed: {proc.stderr.strip().splitlines()[-1:]}")
+            info = json.loads((out / "train.json").read_text())
+            rate[w] = info["samples_per_s"]
+            rows.append({"variant": variant, "workers": w, "rep": rep, "global_batch": batch, "steps": steps,
+                         "samples_per_s": rate[w], "ms_per_step": 1000 * batch / rate[w]})
+        ratios.append(rate[n] / rate[1])
+    return {"figures": {f"speedup_{n}_workers_train": float(np.median(ratios))}, "rows": rows,
+            "notes": [f"{variant}, global batch {batch}: 1 process vs {n} (torchrun, gloo, DDP), 1 torch thread each, "
+                      f"{reps} alternated pair(s); {os.cpu_count()} cores here"]}

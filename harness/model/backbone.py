@@ -136,8 +136,12 @@ class MoTBlock(nn.Module):
         self.video = Expert(spec.video_dim, spec.video_dim, spec.heads, spec.video_dim, spec.mlp_ratio)
         self.action = Expert(spec.action_dim, spec.video_dim, spec.heads, spec.video_dim, spec.mlp_ratio)
 
-    def forward(self, xv, xa, mv, ma, angles_v, angles_a, ctx, mask, prefix):
-        """One layer. Returns new (xv, xa) and this layer's (k, v) for the current tokens."""
+    def forward(self, xv, xa, pv, pa, angles_v, angles_a, ctx, mask, prefix):
+        """One layer. Returns new (xv, xa) and this layer's (k, v) for the current tokens. `pv`/`pa`
+        are the timestep projections; the adaLN tables are read here, inside the block's forward, so
+        a block sharded on its own (FSDP2) has its parameters gathered when they are used."""
+        mv = MoTDiT._mods(self.video.table, pv) if xv is not None else None
+        ma = MoTDiT._mods(self.action.table, pa) if xa is not None else None
         parts = []
         if xv is not None:
             parts.append(self.video.qkv_heads(xv, mv, angles_v))
@@ -252,21 +256,19 @@ class MoTDiT(nn.Module):
         s = self.spec
         dev = self.video_in.weight.device  # masks and positions built from numpy arrive on the CPU
         mask = mask.to(dev)
-        xv = xa = mv = ma = av = aa = None
+        xv = xa = pv = pa = av = aa = None
         if video is not None:
             xv = self.video_in(video.x)
-            tv, proj = self.video_time(video.sigma)
-            mv = [self._mods(b.video.table, proj) for b in self.blocks]
+            tv, pv = self.video_time(video.sigma)
             av = rope_3d(video.pos.to(dev), self.head_dim, s.rope_theta)
         if action is not None:
             xa = self.action_in(action.x)
-            ta, proj = self.action_time(action.sigma)
-            ma = [self._mods(b.action.table, proj) for b in self.blocks]
+            ta, pa = self.action_time(action.sigma)
             aa = rope_1d(action.pos.to(dev), self.head_dim, s.rope_theta)
         kvs = []
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            args = (xv, xa, mv[i] if mv else None, ma[i] if ma else None, av, aa, ctx, mask,
+            args = (xv, xa, pv, pa, av, aa, ctx, mask,
                     prefix[i] if prefix is not None else None)
             if ckpt:
                 xv, xa, kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)

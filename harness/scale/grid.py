@@ -40,6 +40,9 @@ class GridOptions:
     datasets: dict = field(default_factory=dict)  # suite -> dataset folder (default: cached demos)
     progress: bool = False            # per-cell progress bars (off: the grid prints a summary)
     device: str = "cpu"               # of the eval cells' policies (`cell_device`)
+    train_workers: int = 1            # processes per train cell: > 1 is a Ray Train worker group
+    train_cpus: float = 1.0           # per train worker (the grid's --cpus-per-cell)
+    train_gpus: float = 0.0           # per train worker (the grid's --gpus-per-cell)
 
 
 def train_key(o: GridOptions, variant: str, suite: str, seed: int):
@@ -64,7 +67,12 @@ def train_cell(o: GridOptions, variant: str, suite: str, seed: int, dataset: str
     if ckpt:
         return ckpt
     rv = resolved(o, variant, seed)
-    res = train(rv, dataset, cell.path, desc=f"train {variant:<18}", progress=o.progress)
+    if o.train_workers > 1:  # this task only coordinates; the worker group holds the CPUs/GPUs
+        from harness.scale.distributed import RayTrainOptions, train_on_ray
+        ro = RayTrainOptions(workers=o.train_workers, cpus_per_worker=o.train_cpus, gpus_per_worker=o.train_gpus)
+        res = train_on_ray(rv, dataset, cell.path, ro, desc=f"train {variant:<18}", progress=o.progress)
+    else:
+        res = train(rv, dataset, cell.path, desc=f"train {variant:<18}", progress=o.progress)
     return str(res.checkpoint)
 
 
@@ -136,7 +144,9 @@ def plan_grid(o: GridOptions, datasets: dict) -> tuple[list, dict, list]:
                 if ckpt:
                     done[tk] = ckpt
                 else:
-                    cells.append(GridCell(tk, train_cell, (o, v, s, seed, datasets[s]), label=f"train {v}/{s}/seed{seed}"))
+                    group = {"cpus": 0, "gpus": 0} if o.train_workers > 1 else {}
+                    cells.append(GridCell(tk, train_cell, (o, v, s, seed, datasets[s]), label=f"train {v}/{s}/seed{seed}",
+                                          **group))
                 spec = resolved(o, v, seed).variant
                 source = cell_source(suites[s], ckpt) if ckpt else None  # hashes the checkpoint once
                 for lvl in o.levels:
@@ -220,6 +230,9 @@ def add_arguments(p):
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-references", action="store_true", help="skip the expert and random rows")
+    p.add_argument("--workers-per-cell", type=int, default=1,
+                   help="training processes per train cell: a Ray Train worker group (DDP, or FSDP2 for wan22-*), "
+                        "each with --cpus-per-cell CPUs and --gpus-per-cell GPUs")
     add_ray_arguments(p)
 
 
@@ -229,7 +242,8 @@ def add_ray_arguments(p):
                    "default: start a local Ray. The results root must be on storage every node sees")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
     g.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs per cell (= its torch threads)")
-    g.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs per cell (> 0: eval cells run on cuda)")
+    g.add_argument("--gpus-per-cell", type=float, default=0.0,
+                   help="GPUs per cell (per train worker; > 0: eval cells run on cuda)")
     g.add_argument("--device", default=None, help="torch device of the eval cells' policies (default: cuda with "
                    "--gpus-per-cell > 0, else cpu)")
     g.add_argument("--max-retries", type=int, default=3, help="retries of a cell whose worker process died")
@@ -259,12 +273,13 @@ def options_from_args(args) -> GridOptions:
                        seeds=tuple(int(x) for x in split(args.seeds)), levels=split(args.levels), demos=args.demos,
                        steps=args.steps, episodes=args.episodes, workers=args.workers, root=args.root,
                        reports=args.reports, references=not args.no_references, include_path=tuple(args.include_path),
-                       device=cell_device(args))
+                       device=cell_device(args), train_workers=args.workers_per_cell, train_cpus=args.cpus_per_cell,
+                       train_gpus=args.gpus_per_cell)
 
 
 def main(args) -> int:
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers < 1 or args.workers_per_cell < 1:
+        raise UserError(f"--workers and --workers-per-cell must be at least 1, got {args.workers}, {args.workers_per_cell}")
     out = run_grid(options_from_args(args), ray_options_from_args(args))
     for what, err in out["failed"]:
         print(f"FAILED {what}: {err}")

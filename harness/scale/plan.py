@@ -1,0 +1,241 @@
+"""`wam-bench plan`: will a training recipe fit, and how long will it take, before renting the GPUs.
+
+`wam-bench plan --variant fastwam --backbone wan22-5b --gpus 8 [--gpu-mem 80] [--strategy fsdp]`
+
+Per device: parameters, gradients and AdamW state (fp32 master weights: 4 + 4 + 8 = 16 bytes a
+parameter, divided by the device count under FSDP, not under DDP), the bf16 working copy of the
+blocks FSDP gathers at once, and activations with and without activation checkpointing. Then the
+training FLOPs per sample and the wall time of the recipe at a stated MFU. Where it does not fit it
+says so and lists what would (more devices under FSDP, activation checkpointing, CPU offload of
+the optimizer state, 8-bit Adam, a smaller per-device batch).
+
+The counts are analytic, from the model built on the meta device (no memory, no weights): every
+Linear's 2·in·out FLOPs per token it sees, plus attention (4·T·T'·width per layer). Activation
+bytes use the usual transformer estimate (Korthikanti et al. 2022) with memory-efficient attention
+(no T² score tensor): about (18 + 6·mlp_ratio)·T·width bytes per layer in bf16.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from harness.config import Registry, ResolvedVariant, override, resolve_variant
+from harness.errors import UserError
+
+GB = 1e9
+
+
+@dataclass
+class Plan:
+    variant: str
+    backbone: str
+    gpus: int
+    gpu_mem_gb: float
+    strategy: str
+    params: int
+    tokens: dict                  # video, action, context tokens per sample
+    flops_fwd: float              # per sample
+    flops_train: float            # per sample (fwd + bwd [+ recompute])
+    per_gpu_batch: int
+    accum: int                    # gradient-accumulation micro-steps per step (to keep the global batch)
+    mem: dict                     # GB per device: params, grads, optim, gathered, act, act_ckpt
+    checkpointing: bool
+    fits: bool
+    samples_per_s: float
+    wall_h: float
+    global_batch: int
+    steps: int
+    mfu: float
+    peak_tflops: float
+    suggestions: list
+
+    def total(self, checkpointing: bool | None = None) -> float:
+        ck = self.checkpointing if checkpointing is None else checkpointing
+        m = self.mem
+        return m["params"] + m["grads"] + m["optim"] + m["gathered"] + (m["act_ckpt"] if ck else m["act"])
+
+
+def sequence_tokens(rv: ResolvedVariant, tokens_per_frame: int) -> dict:
+    """Tokens of one training sample, per the variant's layout (as the WAM's loss builds them)."""
+    v, ch = rv.variant, rv.variant.chunk
+    fut = ch.chunks * ch.latent_frames
+    frames = {"dreamzero": 1 + 2 * fut, "idm": 2 * (1 + fut)}.get(v.layout, 1 + (0 if v.drop_future else fut))
+    return {"video": frames * tokens_per_frame, "action": ch.chunks * ch.actions, "context": rv.backbone.text.max_tokens + 1}
+
+
+def forward_flops(model, tok: dict) -> float:
+    """Per sample: 2·in·out per Linear per token it sees, plus self- and cross-attention."""
+    import torch.nn as nn
+    Tv, Ta, Tc = tok["video"], tok["action"], tok["context"]
+    b = model.b
+    flops = 0.0
+    for name, mod in model.net.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        if "cross_kv" in name or name.startswith(("text", "state_in")):
+            t = Tc
+        elif ".action." in name or name.startswith("action"):
+            t = Ta
+        else:
+            t = Tv
+        flops += 2 * mod.in_features * mod.out_features * t
+    attn = b.video_dim
+    flops += b.layers * (4 * (Tv + Ta) ** 2 * attn + 4 * (Tv + Ta) * Tc * attn)
+    return flops
+
+
+def activation_bytes(rv: ResolvedVariant, tok: dict, bytes_per: int) -> tuple[float, float]:
+    """Per sample: (all layers' activations, with checkpointing: block inputs + one layer's)."""
+    b = rv.backbone
+    coef = (18 + 6 * b.mlp_ratio) * bytes_per / 2
+    per_layer = coef * (tok["video"] * b.video_dim + tok["action"] * b.action_dim)
+    inputs = bytes_per * (tok["video"] * b.video_dim + tok["action"] * b.action_dim)
+    return b.layers * per_layer, b.layers * inputs + per_layer
+
+
+def make_plan(rv: ResolvedVariant, gpus: int, gpu_mem_gb: float = 80.0, strategy: str = "auto", *,
+              mfu: float = 0.35, peak_tflops: float = 989.0, global_batch: int | None = None,
+              steps: int | None = None, optim_bytes: float = 8.0, offload: bool = False) -> Plan:
+    import torch
+
+    from harness.model.wam import WorldActionModel
+    from harness.scale.distributed import resolve_strategy
+    if gpus < 1 or gpu_mem_gb <= 0 or not 0 < mfu <= 1:
+        raise UserError("plan: --gpus must be >= 1, --gpu-mem > 0 and --mfu in (0, 1]")
+    strategy = resolve_strategy(strategy, rv.backbone.name)
+    with torch.device("meta"):  # no memory used, even for wan22-5b
+        model = WorldActionModel(rv, 7, 8)  # LIBERO's action and state sizes
+    P = sum(p.numel() for p in model.parameters())
+    block_P = sum(p.numel() for p in model.net.blocks[0].parameters())
+    tok = sequence_tokens(rv, model.tokens_per_frame)
+    fwd = forward_flops(model, tok)
+    ts = rv.variant.train
+    gb, steps = global_batch or ts.batch_size, steps or ts.steps
+    shard = gpus if strategy == "fsdp" else 1
+    bf16 = True  # the plan is for GPUs: bf16 compute (FSDP2 mixed precision / autocast)
+    act, act_ck = activation_bytes(rv, tok, 2 if bf16 else 4)
+    state = {"params": 4 * P / shard / GB, "grads": 4 * P / shard / GB,
+             "optim": 0.0 if offload else optim_bytes * P / shard / GB,
+             "gathered": (2 * 2 * block_P / GB) if strategy == "fsdp" and gpus > 1 else 0.0}  # 2 blocks in flight, bf16
+    free = gpu_mem_gb * 0.9 - sum(state.values())  # 10% for the allocator, CUDA context, buffers
+
+    def fit_batch(per_sample: float) -> int:
+        return max(0, int(free * GB // per_sample)) if free > 0 else 0
+
+    per_gpu_global = math.ceil(gb / gpus)
+    checkpointing = False
+    b_plain = fit_batch(act)
+    b_ck = fit_batch(act_ck)
+    if b_plain >= 1:
+        per_gpu = min(per_gpu_global, b_plain)
+    else:
+        checkpointing, per_gpu = True, min(per_gpu_global, b_ck)
+    fits = per_gpu >= 1
+    accum = math.ceil(per_gpu_global / per_gpu) if fits else 0
+    mem = {**state, "act": act * max(per_gpu, 1) / GB, "act_ckpt": act_ck * max(per_gpu, 1) / GB}
+    train_flops = fwd * (4 if checkpointing else 3)
+    sps = gpus * peak_tflops * 1e12 * mfu / train_flops
+    plan = Plan(rv.variant.name, rv.backbone.name, gpus, gpu_mem_gb, strategy, P, tok, fwd, train_flops, per_gpu,
+                accum, mem, checkpointing, fits, sps, steps * gb / sps / 3600, gb, steps, mfu, peak_tflops, [])
+    if not fits:
+        plan.suggestions = suggestions(rv, plan, optim_bytes, offload, act_ck)
+    return plan
+
+
+def suggestions(rv, plan: Plan, optim_bytes, offload, act_ck) -> list[str]:
+    """What would fit, each checked with the same arithmetic."""
+    P, out = plan.params, []
+    cap = plan.gpu_mem_gb * 0.9 * GB
+    block_P = P / max(rv.backbone.layers, 1)
+
+    def fits(shard, opt_b, gathered=True):
+        state = (8 + opt_b) * P / shard + (4 * block_P if gathered and shard > 1 else 0)
+        return state + act_ck <= cap
+
+    n = next((n for n in range(max(2, plan.gpus), 4097) if fits(n, 0 if offload else optim_bytes)), None)
+    if n:
+        out.append(f"FSDP over {n} devices (--gpus {n} --strategy fsdp): {(16 * P / n) / GB:.1f} GB of state each")
+    if not offload and fits(plan.gpus if plan.strategy == "fsdp" else 1, 0):
+        out.append(f"CPU offload of the AdamW state ({optim_bytes * P / GB:.0f} GB to host memory, DeepSpeed/FSDP "
+                   f"CPU offload as DreamZero's full fine-tuning does)")
+    if optim_bytes > 2 and fits(plan.gpus if plan.strategy == "fsdp" else 1, 2):
+        out.append(f"8-bit Adam (bitsandbytes): optimizer state {2 * P / GB:.0f} GB instead of {optim_bytes * P / GB:.0f} GB")
+    if not out:
+        out.append("freeze the video expert (train the action expert only), or a smaller backbone preset")
+    return out
+
+
+def flop(x: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} FLOP"
+
+
+def render(p: Plan) -> str:
+    m = p.mem
+    how = {"ddp": "the state is replicated on every device", "fsdp": f"the state sharded {p.gpus} ways"}[p.strategy]
+    lines = [
+        f"plan: {p.variant} on {p.backbone}, {p.gpus} x {p.gpu_mem_gb:g} GB, {p.strategy.upper()} ({how})",
+        f"  parameters            {p.params / 1e9:8.3f} B",
+        f"  tokens per sample     {p.tokens['video']} video + {p.tokens['action']} action (+ {p.tokens['context']} context)",
+        f"  FLOPs per sample      {flop(p.flops_fwd)} forward, {flop(p.flops_train)} a training step"
+        + (" (with recompute)" if p.checkpointing else ""),
+        "  memory per device (GB):",
+        f"    parameters fp32     {m['params']:8.1f}",
+        f"    gradients fp32      {m['grads']:8.1f}",
+        f"    AdamW state         {m['optim']:8.1f}",
+        f"    gathered blocks     {m['gathered']:8.1f}",
+        f"    activations         {m['act']:8.1f}   ({p.per_gpu_batch or 1} samples, no checkpointing)",
+        f"    activations (ckpt)  {m['act_ckpt']:8.1f}   (activation checkpointing per MoT block)",
+        f"    total               {p.total(False):8.1f} without / {p.total(True):.1f} with checkpointing, "
+        f"of {p.gpu_mem_gb:g} GB",
+    ]
+    if not p.fits:
+        lines.append(f"  DOES NOT FIT: {p.total(True):.0f} GB per device even with checkpointing and 1 sample per "
+                     f"device (limit {p.gpu_mem_gb:g} GB). What would:")
+        lines += [f"    - {s}" for s in p.suggestions]
+        return "\n".join(lines)
+    lines += [
+        f"  fits: {p.per_gpu_batch} samples per device per micro-step"
+        + (f", {p.accum} accumulation steps" if p.accum > 1 else "")
+        + (", activation checkpointing on" if p.checkpointing else ", no activation checkpointing needed")
+        + f" (global batch {p.global_batch})",
+        f"  at {p.mfu:.0%} MFU of {p.peak_tflops:g} TFLOP/s bf16 per device: {p.samples_per_s:.1f} samples/s, "
+        f"{p.steps} steps x {p.global_batch} = {p.wall_h:.2f} h",
+    ]
+    if p.backbone == "wan22-5b":
+        implied = 138 * p.flops_train / (p.gpus * p.peak_tflops * 1e12)
+        lines.append(f"  check: EasyWAM's 138 samples/s on 8xH100 (Wan2.2-5B) would be {implied * 8 / p.gpus:.0%} MFU "
+                     f"at this sample size on 8 devices; Fast-WAM's code (138/2.68 = 51 samples/s) "
+                     f"{implied * 8 / p.gpus / 2.68:.0%}")
+    return "\n".join(lines)
+
+
+def add_arguments(p):
+    p.add_argument("--variant", required=True)
+    p.add_argument("--backbone", default=None, help="backbone preset (default: the variant's)")
+    p.add_argument("--gpus", type=int, required=True, help="devices the run would use")
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="memory per device in GB (default 80)")
+    p.add_argument("--strategy", default="auto", help="ddp | fsdp | auto (FSDP2 for wan22-*, else DDP)")
+    p.add_argument("--mfu", type=float, default=0.35, help="model-FLOPs utilisation to predict wall time at")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per device (H100 SXM: 989)")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default: the variant's train.batch_size)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the variant's train.steps)")
+    p.add_argument("--offload", action="store_true", help="AdamW state in CPU memory")
+    p.add_argument("--adam-8bit", action="store_true", help="8-bit Adam state (2 bytes a parameter)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a variant field, e.g. --set chunk.actions=32 (as `train --set`)")
+
+
+def main(args) -> int:
+    from harness.train import parse_sets
+    rv = resolve_variant(args.variant, Registry(args.include_path), args.backbone)
+    sets = parse_sets(args.set)
+    if sets:
+        rv = ResolvedVariant(override(rv.variant, sets), rv.backbone)
+    plan = make_plan(rv, args.gpus, args.gpu_mem, args.strategy, mfu=args.mfu, peak_tflops=args.peak_tflops,
+                     global_batch=args.batch, steps=args.steps, optim_bytes=2.0 if args.adam_8bit else 8.0,
+                     offload=args.offload)
+    print(render(plan))
+    return 0
