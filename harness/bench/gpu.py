@@ -32,7 +32,7 @@ def measure(args) -> dict:
     if device is None:
         from harness.errors import UserError
         raise UserError("bench gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
-                        "run it on a GPU node: `wam-bench bench gpu --out reports/bench_gpu.json`")
+                        "run it on a GPU node (`make bench-gpu`, or `wam-bench bench gpu --out reports/bench_gpu.json`)")
     from harness.config import Registry
 
     reg = Registry(getattr(args, "include_path", None) or [])
