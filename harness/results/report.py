@@ -584,6 +584,7 @@ def write_html(col: Collected, out: Path, sections: dict) -> Path:
                  "Success: Wilson 95% interval, errors excluded and counted apart; progress: bootstrap 95% "
                  "interval of the mean (2000 resamples, seed 0); latency per inference call with each cell's "
                  "first call excluded as warm-up. Seeds are pooled per (variant, suite, level).</p>")
+    parts.append(sections.get("findings", ""))  # Findings first (harness/results/findings.py)
     prov_rows, counts = _provenance_summary(col)
     if counts["commits"] > 1 or counts["machines"] > 1:
         parts.append(f"<p class='note'>These results mix {counts['commits']} commits and "
@@ -635,6 +636,17 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
         for ext in ("png", "svg"):
             (out / f"{stale}.{ext}").unlink(missing_ok=True)
 
+    # ---- Findings (harness/results/findings.py): the page's and findings.md's first section
+    from harness.results import findings as fnd
+    (out / "data_efficiency.png").unlink(missing_ok=True)
+    f_rows, f_var = fnd.findings(store_root, experiment)
+    curve = fnd.plot_data_efficiency(fnd.data_efficiency(store_root, experiment), out)
+    (out / "findings.md").write_text(fnd.markdown(f_rows, f_var))
+    curve_src = ("data:image/png;base64," + base64.b64encode((out / curve).read_bytes()).decode()
+                 if curve.endswith(".png") else None)
+    findings_html = fnd.html_fragment(f_rows, f_var, curve_src)
+    # ---- end of Findings
+
     abl = ablation_rows(col)
     write_csv(out / "ablation.csv", abl, list(abl[0]) if abl else ["variant", "suite", "level"])
     header, body, groups = ablation_grid(col, abl)
@@ -667,7 +679,7 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
         plots[title] = (r, None) if r.endswith(".png") else (None, r)
     tables = {"Ablation (variant × suite)": (header, body, caption),
               "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption)}
-    return write_html(col, out, {"tables": tables, "plots": plots})
+    return write_html(col, out, {"tables": tables, "plots": plots, "findings": findings_html})
 
 
 def add_arguments(p):

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.config import Registry
 from harness.errors import UserError
+from harness.results.findings import DESIGN_FILE
 from harness.scale.grid import DEFAULT_VARIANTS, GridOptions
 
-DESIGN_FILE = "ablation.json"
 SOLO_CALLS = 20
 
 
@@ -53,13 +52,6 @@ class AblationOptions:
 
 def demos_experiment(experiment: str, n: int) -> str:
     return f"{experiment}-demos{n}"
-
-
-def demos_experiments(store_root, experiment: str) -> dict[int, str]:
-    """{demo count: experiment} of the data-efficiency siblings found in the store."""
-    from harness.results.store import Store
-    pat = re.compile(rf"^{re.escape(experiment)}-demos(\d+)$")
-    return {int(m.group(1)): e for e in Store(store_root).experiments() if (m := pat.match(e))}
 
 
 def grid_options(o: AblationOptions, experiment: str, demos: int) -> GridOptions:
