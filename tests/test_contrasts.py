@@ -92,6 +92,6 @@ def test_hierarchical_boot_and_variant_estimate():
     out = outcomes_from_episodes(eps)
     assert out == {"fastwam": {0: {"a": 1.0}, 1: {"a": 0.0}}}   # the error is not a failure
     v = variant_estimate(out, "fastwam")
-    assert v.estimate == 0.5 and v.seeds == [0, 1]
+    assert v.estimate == 0.5 and v.seeds == [0, 1] and v.ci95 == (0.0, 1.0)  # clipped to a rate's range
     same = estimate("flat", {0: np.ones(5), 1: np.ones(5)})
     assert same.ci95 == (1.0, 1.0) and same.resolved

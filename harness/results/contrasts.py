@@ -112,8 +112,10 @@ def _t(q: float, df: float) -> float:
     return float(t.ppf(q, df))
 
 
-def estimate(name: str, per_seed: dict[int, np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
-    """Mean over seeds of the per-seed mean of `per_seed[s]` (episode values, or paired differences)."""
+def estimate(name: str, per_seed: dict[int, np.ndarray], n_boot: int = N_BOOT, seed: int = 0,
+             bounds: tuple[float, float] | None = None) -> Estimate:
+    """Mean over seeds of the per-seed mean of `per_seed[s]` (episode values, or paired differences);
+    `bounds` clips the interval to the quantity's range (a rate's [0, 1])."""
     from scipy.stats import t
     seeds = sorted(per_seed)
     groups = [np.asarray(per_seed[s], dtype=float) for s in seeds]
@@ -129,7 +131,10 @@ def estimate(name: str, per_seed: dict[int, np.ndarray], n_boot: int = N_BOOT, s
                         dict(zip(seeds, means)))
     q = _t(0.975, df)
     p = float(2 * t.sf(abs(est) / se, df))
-    return Estimate(name, est, (est - q * se, est + q * se), se, p, (q + _t(0.80, df)) * se, seeds,
+    lo, hi = est - q * se, est + q * se
+    if bounds:
+        lo, hi = max(bounds[0], lo), min(bounds[1], hi)
+    return Estimate(name, est, (lo, hi), se, p, (q + _t(0.80, df)) * se, seeds,
                     sum(map(len, groups)), len(seeds) > 1, dict(zip(seeds, means)))
 
 
@@ -156,9 +161,9 @@ def contrast_estimate(outcomes: dict[str, dict[int, dict[str, float]]], contrast
 
 def variant_estimate(outcomes: dict[str, dict[int, dict[str, float]]], variant: str,
                      n_boot: int = N_BOOT) -> Estimate | None:
-    """One variant's success (or progress) over its seeds and episodes."""
+    """One variant's success (or progress) over its seeds and episodes, its interval within [0, 1]."""
     per = {s: np.array(list(eps.values()), dtype=float) for s, eps in outcomes.get(variant, {}).items() if eps}
-    return estimate(variant, per, n_boot) if per else None
+    return estimate(variant, per, n_boot, bounds=(0.0, 1.0)) if per else None
 
 
 def outcomes_from_episodes(cells: dict[tuple[str, int], list[dict]], metric: str = "success") -> dict:
