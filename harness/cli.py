@@ -14,6 +14,8 @@ COMMANDS = {
     "eval": ("harness.eval.cell", "closed-loop evaluation of a checkpoint on a suite"),
     "serve": ("harness.eval.serve", "serve a checkpoint over openpi's websocket protocol (batched)"),
     "run": ("harness.scale.grid", "the grid: demos, train every variant, evaluate, report (the `make run` job)"),
+    "ablation": ("harness.scale.ablation", "the paired multi-seed ablation: every variant x K training seeds, "
+                 "same episodes and noise, a generalization split, Findings with intervals"),
     "results": ("harness.results.store", "print the results store as a table"),
     "report": ("harness.results.report", "tables, plots and an HTML page from the results store"),
     "bench": ("harness.bench", "measure one figure family and write JSON"),

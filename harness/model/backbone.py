@@ -113,17 +113,18 @@ class Expert(nn.Module):
         shift, scale = mod[0], mod[1]
         h = self.norm1(x) * (1 + scale) + shift
         q, k, v = self.qkv(h).chunk(3, dim=-1)
-        q, k = self.q_norm(q), self.k_norm(k)
-        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
-        q, k, v = split(q), split(k), split(v)
+        q, k, v = self.split(self.q_norm(q)), self.split(self.k_norm(k)), self.split(v)
         return apply_rope(q, angles), apply_rope(k, angles), v
+
+    def split(self, t):
+        """(B, N, heads·hd) -> (B, heads, N, hd)."""
+        return t.reshape(*t.shape[:-1], self.heads, t.shape[-1] // self.heads).transpose(1, 2)
 
     def finish(self, x, attn, mod, ctx):
         """Attention residual (gated), cross-attention to text+state, gated MLP residual."""
         x = x + mod[2] * self.out(attn)
-        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
         k, v = self.cross_kv(ctx).chunk(2, dim=-1)
-        q, k, v = split(self.cross_q_norm(self.cross_q(self.norm_x(x)))), split(self.cross_k_norm(k)), split(v)
+        q, k, v = self.split(self.cross_q_norm(self.cross_q(self.norm_x(x)))), self.split(self.cross_k_norm(k)), self.split(v)
         x = x + self.cross_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2))
         h = self.norm2(x) * (1 + mod[4]) + mod[3]
         return x + mod[5] * self.mlp(h)
@@ -142,12 +143,16 @@ class MoTBlock(nn.Module):
         a block sharded on its own (FSDP2) has its parameters gathered when they are used."""
         mv = MoTDiT._mods(self.video.table, pv) if xv is not None else None
         ma = MoTDiT._mods(self.action.table, pa) if xa is not None else None
-        parts = []
-        if xv is not None:
-            parts.append(self.video.qkv_heads(xv, mv, angles_v))
-        if xa is not None:
-            parts.append(self.action.qkv_heads(xa, ma, angles_a))
-        q, k, v = (torch.cat(t, dim=2) for t in zip(*parts))
+        # no fresh Python object (a list's append, a generator) may sit under a call that can break
+        # the graph (int8 Linear): torch.compile guards on it and recompiles each call (issue 17)
+        qkv_v = self.video.qkv_heads(xv, mv, angles_v) if xv is not None else None
+        qkv_a = self.action.qkv_heads(xa, ma, angles_a) if xa is not None else None
+        if qkv_v is None or qkv_a is None:
+            q, k, v = qkv_v if qkv_a is None else qkv_a
+        else:
+            q = torch.cat([qkv_v[0], qkv_a[0]], dim=2)
+            k = torch.cat([qkv_v[1], qkv_a[1]], dim=2)
+            v = torch.cat([qkv_v[2], qkv_a[2]], dim=2)
         kv = (k, v)
         if prefix is not None:
             k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
@@ -248,7 +253,8 @@ class MoTDiT(nn.Module):
 
     @staticmethod
     def _mods(table, proj):
-        return (table[None, None] + proj.unflatten(-1, (6, -1))).unbind(-2)
+        # reshape, not unflatten: Tensor.unflatten breaks torch.compile's graph (Python-level checks)
+        return (table[None, None] + proj.reshape(*proj.shape[:-1], 6, proj.shape[-1] // 6)).unbind(-2)
 
     def forward(self, video: Tokens | None, action: Tokens | None, ctx: torch.Tensor, mask: torch.Tensor,
                 prefix: list | None = None, return_kv: bool = False):

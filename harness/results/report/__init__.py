@@ -51,6 +51,17 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
         for ext in ("png", "svg"):
             (out / f"{stale}.{ext}").unlink(missing_ok=True)
 
+    # Findings (harness/results/findings.py): the page's and findings.md's first section
+    import base64
+    from harness.results import findings as fnd
+    (out / "data_efficiency.png").unlink(missing_ok=True)
+    f_rows, f_var = fnd.findings(store_root, experiment)
+    curve = fnd.plot_data_efficiency(fnd.data_efficiency(store_root, experiment), out)
+    (out / "findings.md").write_text(fnd.markdown(f_rows, f_var))
+    curve_src = ("data:image/png;base64," + base64.b64encode((out / curve).read_bytes()).decode()
+                 if curve.endswith(".png") else None)
+    findings_html = fnd.html_fragment(f_rows, f_var, curve_src)
+
     abl = ablation_rows(col)
     write_csv(out / "ablation.csv", abl, list(abl[0]) if abl else ["variant", "suite", "level"])
     header, body, groups = ablation_grid(col, abl)
@@ -84,7 +95,7 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
     tables = {"Ablation (variant × suite)": (header, body, ABLATION_CAPTION),
               "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption),
               "Per task (headline level)": (PER_TASK_COLS, tbody, PER_TASK_CAPTION)}
-    return write_html(col, out, {"tables": tables, "plots": drawn})
+    return write_html(col, out, {"tables": tables, "plots": drawn, "findings": findings_html})
 
 
 def add_arguments(p):

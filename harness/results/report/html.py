@@ -49,6 +49,7 @@ def write_html(col: Collected, out: Path, sections: dict) -> Path:
                  "Success: Wilson 95% interval, errors excluded and counted apart; progress: bootstrap 95% "
                  "interval of the mean (2000 resamples, seed 0); latency per inference call with each cell's "
                  "first call excluded as warm-up. Seeds are pooled per (variant, suite, level).</p>")
+    parts.append(sections.get("findings", ""))  # Findings first (harness/results/findings.py)
     prov_rows, counts = _provenance_summary(col)
     if counts["commits"] > 1 or counts["machines"] > 1:
         parts.append(f"<p class='note'>These results mix {counts['commits']} commits and "

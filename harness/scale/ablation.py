@@ -1,0 +1,319 @@
+"""`wam-bench ablation`: the paired multi-seed design behind the report's Findings (issue 17).
+
+Every variant is trained with the same K training seeds on the same demonstrations, and each
+checkpoint is evaluated on the same episodes: the episode plan (task, init state, episode seed)
+is a function of the suite and the training seed only, and the sampling noise of call c is
+noise_seed + c, so a contrast is taken episode by episode (harness/results/contrasts.py).
+The checkpoints trained on the train suite are also evaluated on a generalization split
+(`tabletop-shuffled` by default). `--demo-counts` adds the data-efficiency axis: the same
+design trained on fewer demonstrations, each count in its own experiment `<experiment>-demos<N>`.
+
+Cells run on Ray through the grid's own cell functions, so the run resumes like `wam-bench run`.
+After the episodes, each eval cell's policy is timed alone on the machine (`latency_solo` in its
+result), because latencies measured while other cells share the cores are not like for like.
+The design (variants, seeds, datasets and their hashes) is written to `<experiment>/ablation.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness.config import Registry
+from harness.errors import UserError
+from harness.results.findings import DESIGN_FILE
+from harness.scale.grid import DEFAULT_VARIANTS, GridOptions
+
+SOLO_CALLS = 20
+
+
+@dataclass
+class AblationOptions:
+    experiment: str = "ablation"
+    variants: tuple = tuple(DEFAULT_VARIANTS)
+    seeds: tuple = (0, 1, 2)
+    train_suite: str = "tabletop"
+    eval_suites: tuple = ("tabletop", "tabletop-shuffled")
+    level: str = "O1-kvcache"
+    demos: int = 500
+    demo_counts: tuple = ()          # data efficiency: extra experiments at these demo counts
+    steps: int | None = None
+    episodes: int | None = None
+    workers: int = 1
+    root: str = "results"
+    reports: str = "reports"
+    include_path: tuple = ()
+    datasets: dict = field(default_factory=dict)   # demo count -> dataset folder (default: cached demos)
+    solo_latency: bool = True
+    progress: bool = False
+
+
+def demos_experiment(experiment: str, n: int) -> str:
+    return f"{experiment}-demos{n}"
+
+
+def grid_options(o: AblationOptions, experiment: str, demos: int) -> GridOptions:
+    return GridOptions(experiment=experiment, variants=o.variants, suites=(o.train_suite,), seeds=o.seeds,
+                       levels=(o.level,), demos=demos, steps=o.steps, episodes=o.episodes, workers=o.workers,
+                       root=o.root, reports=o.reports, include_path=o.include_path, progress=o.progress)
+
+
+def load_snapshot() -> dict:
+    """The load an eval cell ran under: 1-minute load average over the cores."""
+    one, five, _ = os.getloadavg()
+    return {"loadavg_1m": one, "loadavg_5m": five, "cpus": os.cpu_count()}
+
+
+def ablation_eval_cell(checkpoint: str, g: GridOptions, variant: str, suite: str, seed: int, level_name: str) -> dict:
+    """The grid's eval cell, plus the load it ran under (at start and at the end) in result.extra."""
+    from harness.eval.cell import evaluate_cell
+    from harness.policy.levels import apply_transforms, infer_options
+    from harness.policy.policy import load_policy
+    from harness.results.store import CellKey, Store
+    reg = Registry(list(g.include_path))
+    level = reg.opt_level(level_name)
+    policy = load_policy(checkpoint, infer_options(level), level_name)
+    info = apply_transforms(policy.model, level)
+    cell = Store(g.root).cell(CellKey(g.experiment, variant, suite, seed, level_name))
+    before = load_snapshot()
+    res = evaluate_cell(cell, reg.suite(suite), policy, config={"level_info": info}, checkpoint_path=checkpoint,
+                        episodes_per_task=g.episodes, workers=g.workers, progress=g.progress,
+                        extra={"load": {"start": before}})
+    res["extra"].setdefault("load", {})["end"] = load_snapshot()
+    from harness.results.store import Result
+    cell.write_result(Result.from_dict(res))
+    return res["metrics"]
+
+
+def plan(o: AblationOptions, datasets: dict[int, str]) -> tuple[list, dict, list, dict]:
+    """-> (cells to run, {key: value} complete, every expected key, {experiment: GridOptions})."""
+    from harness.eval.cell import cell_source
+    from harness.results.store import CellKey, Store
+    from harness.scale.grid import reference_cell, train_cell, train_key, trained_checkpoint
+    from harness.scale.ray_cells import GridCell
+    reg = Registry(list(o.include_path))
+    store = Store(o.root)
+    cells, done, expected, grids = [], {}, [], {}
+    runs = [(o.experiment, o.demos, o.eval_suites)] + [(demos_experiment(o.experiment, n), n, (o.train_suite,))
+                                                       for n in o.demo_counts if n != o.demos]
+    for exp, n, eval_suites in runs:
+        g = grids[exp] = grid_options(o, exp, n)
+        for v in o.variants:
+            for seed in o.seeds:
+                tk = train_key(g, v, o.train_suite, seed)
+                expected.append(tk)
+                ckpt = trained_checkpoint(g, v, o.train_suite, seed)
+                if ckpt:
+                    done[tk] = ckpt
+                else:
+                    cells.append(GridCell(tk, train_cell, (g, v, o.train_suite, seed, datasets[n]),
+                                          label=f"train {v}/{exp}/seed{seed}"))
+                for s in eval_suites:
+                    key = CellKey(exp, v, s, seed, o.level)
+                    expected.append(key)
+                    cell = store.cell(key)
+                    if ckpt and cell.is_complete() and cell.source() == cell_source(reg.suite(s), ckpt):
+                        done[key] = cell.result()["metrics"]
+                    else:
+                        cells.append(GridCell(key, ablation_eval_cell, (g, v, s, seed, o.level), deps=(tk,),
+                                              label=f"eval {v}/{exp}/{s}/seed{seed}"))
+        if exp != o.experiment:
+            continue
+        for ref in ("expert", "random"):
+            for s in eval_suites:
+                key = CellKey(exp, ref, s, 0, "reference")
+                expected.append(key)
+                cell = store.cell(key)
+                if cell.is_complete() and cell.source() == cell_source(reg.suite(s), policy=ref):
+                    done[key] = cell.result()["metrics"]
+                else:
+                    cells.append(GridCell(key, reference_cell, (g, ref, s, 0), label=f"eval {ref}/{s}"))
+    return cells, done, expected, grids
+
+
+def solo_latency(o: AblationOptions, keys: list, calls: int = SOLO_CALLS) -> int:
+    """Time each eval cell's policy alone (nothing else of this run is running): `calls` inference
+    calls, episode-like (a reset every full episode, a chunk's frames of history between calls) on
+one observation of the suite, after one untimed warm-up, into
+    result.extra["latency_solo"]. Cells that already have it are skipped; returns how many were timed."""
+    import torch
+    from harness.policy.levels import apply_transforms, infer_options
+    from harness.policy.policy import load_policy
+    from harness.results.stats import latency_summary
+    from harness.results.store import Result, Store
+    from harness.suites.base import make_env
+    reg = Registry(list(o.include_path))
+    store = Store(o.root)
+    n = 0
+    torch.set_num_threads(1)  # the grid's cells run with one thread each: like for like with them
+    for key in keys:
+        cell = store.cell(key)
+        res = cell.result()
+        if not res or res["status"] != "complete" or not res.get("checkpoint") or "latency_solo" in res["extra"]:
+            continue
+        level = reg.opt_level(key.opt_level)
+        policy = load_policy(res["checkpoint"]["path"], infer_options(level), key.opt_level)
+        apply_transforms(policy.model, level)
+        spec = reg.suite(key.suite)
+        with make_env(spec, 0) as env:
+            env.reset(0, 0)
+            obs = env.observe(render=True)
+        horizon = spec.action_horizon or policy.action_horizon
+        per_episode = max(1, -(-spec.max_steps // horizon))  # calls in a full-length episode
+        ms = []
+        for c in range(calls + 1):  # episode-like: reset, then calls with a chunk's frames of history
+            if c % per_episode == 0:
+                policy.reset()
+            obs.history = [] if c % per_episode == 0 else [obs.images] * max(1, horizon // policy.frame_stride)
+            policy.infer(obs, noise_seed=c)
+            ms.append(policy.last_latency_ms)
+        res["extra"]["latency_solo"] = {**latency_summary(ms, warmup=1), "torch_threads": 1, "load": load_snapshot()}
+        cell.write_result(Result.from_dict(res))
+        n += 1
+    return n
+
+
+def pairing_problems(store_root, experiment: str) -> list[str]:
+    """What breaks the pairing in an experiment: variants of one (suite, seed, level) that ran
+    different episodes (task, init state, episode seed) or different noise seeds, and trainings
+    of different datasets. Empty when every comparison is paired."""
+    from harness.results.store import REFERENCE_VARIANTS, Store
+    store = Store(store_root)
+    episodes, problems = {}, []
+    for c in store.cells(experiment):
+        k = c.key
+        if k.is_train or k.variant in REFERENCE_VARIANTS or not c.episodes_path.exists():
+            continue
+        src = c.source() or {}
+        plan_ = sorted((e["task_index"], e["init_index"], e["seed"]) for e in c.episodes())
+        episodes.setdefault((k.suite, k.seed, k.opt_level), {})[k.variant] = (plan_, src.get("noise_seed"),
+                                                                              src.get("suite_hash"))
+    for (suite, seed, level), by_v in sorted(episodes.items()):
+        ref_v = sorted(by_v)[0]
+        for v, got in sorted(by_v.items()):
+            for i, what in enumerate(("episodes (task, init state, episode seed)", "noise seed", "suite version")):
+                if got[i] != by_v[ref_v][i]:
+                    problems.append(f"{suite}/seed{seed}/{level}: {v} and {ref_v} ran different {what}")
+    design = read_design(store_root, experiment)
+    if design and len({d["sha256"] for d in design.get("datasets", {}).values()}) > 1:
+        problems.append(f"{experiment}: trainings used different datasets")
+    return problems
+
+
+def read_design(store_root, experiment: str) -> dict | None:
+    p = Path(store_root) / experiment / DESIGN_FILE
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _dataset_hash(path: str) -> str:
+    """A hash of a dataset folder's meta files (episode index, stats, info): equal datasets, equal hash."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted((Path(path) / "meta").glob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def run_ablation(o: AblationOptions, ro=None) -> dict:
+    """Run the design on Ray, time latencies solo, write the report; returns {"failed", "index", "wall_s"}."""
+    from harness.data.demos import make_demos
+    from harness.results.report import write_report
+    from harness.results.store import atomic_write_json
+    from harness.scale.ray_cells import RayOptions, run_cells
+    from harness.scale.grid import train_cost
+
+    ro = ro or RayOptions()
+    o = replace(o, root=str(Path(o.root).resolve()), include_path=tuple(str(Path(p).resolve()) for p in o.include_path))
+    reg = Registry(list(o.include_path))
+    for v in o.variants:
+        reg.variant(v)
+    for s in (o.train_suite, *o.eval_suites):
+        reg.suite(s)
+    reg.opt_level(o.level)
+    if not o.seeds:
+        raise UserError("--seeds: give at least one training seed (three or more measure seed-to-seed variance)")
+    t0 = time.perf_counter()
+    datasets = {int(k): str(v) for k, v in o.datasets.items()}
+    for n in sorted({o.demos, *o.demo_counts}):
+        if n not in datasets:
+            print(f"[demos] {o.train_suite}: {n} expert episodes", flush=True)
+            workers = max(o.workers, ro.num_cpus or os.cpu_count() or 1)
+            datasets[n] = str(make_demos(reg.suite(o.train_suite), n, seed=0, workers=workers).resolve())
+    cells, done, expected, grids = plan(o, datasets)
+    for exp, g in grids.items():
+        n = g.demos
+        atomic_write_json(Path(o.root) / exp / DESIGN_FILE, {
+            "variants": list(o.variants), "seeds": list(o.seeds), "train_suite": o.train_suite,
+            "eval_suites": list(o.eval_suites) if exp == o.experiment else [o.train_suite], "level": o.level,
+            "demos": n, "steps": o.steps, "episodes_per_task": o.episodes, "noise_seed": 0,
+            "datasets": {str(n): {"path": datasets[n], "sha256": _dataset_hash(datasets[n])}},
+            "demo_counts": {str(k): demos_experiment(o.experiment, k) for k in o.demo_counts if k != o.demos}})
+    from harness.scale.grid import train_cell
+    cells.sort(key=lambda c: -train_cost(grids[c.key.experiment], c.key.variant, c.key.seed) if c.fn is train_cell else 0.0)
+    summary = run_cells(cells, o.root, ro, done)
+    print(f"[ablation] {summary.line()}", flush=True)
+    failed = [(label, err) for label, err in summary.failed] + [(label, f"not run: {err}") for label, err in summary.blocked]
+    if o.solo_latency:
+        eval_keys = [k for k in expected if not k.is_train and k.opt_level != "reference"]
+        t1 = time.perf_counter()
+        n = solo_latency(o, eval_keys)
+        print(f"[latency] {n} cells timed alone ({time.perf_counter() - t1:.0f} s)", flush=True)
+    for exp in grids:
+        if exp != o.experiment:
+            write_report(o.root, exp, o.reports, expected=[k for k in expected if k.experiment == exp])
+    index = write_report(o.root, o.experiment, o.reports, expected=[k for k in expected if k.experiment == o.experiment])
+    problems = pairing_problems(o.root, o.experiment)
+    for p in problems:
+        print(f"[pairing] {p}")
+    wall = time.perf_counter() - t0
+    print(f"[report] {index}\n[done] {wall:.0f} s, {len(summary.failed)} failed, {len(summary.blocked)} not run")
+    return {"failed": failed, "index": index, "wall_s": wall, "summary": summary, "pairing": problems}
+
+
+def add_arguments(p):
+    from harness.scale.grid import add_ray_arguments
+    p.add_argument("--experiment", default="ablation")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, the same for every variant")
+    p.add_argument("--train-suite", default="tabletop")
+    p.add_argument("--eval-suites", default="tabletop,tabletop-shuffled",
+                   help="suites the checkpoints are evaluated on (the train suite and a generalization split)")
+    p.add_argument("--level", default="O1-kvcache", help="the optimization level every variant is evaluated at")
+    p.add_argument("--demos", type=int, default=500, help="expert episodes to train on")
+    p.add_argument("--demo-counts", default="", help="data efficiency: also train and evaluate at these demo "
+                   "counts (comma-separated, e.g. 50,100,200), each as experiment <experiment>-demos<N>")
+    p.add_argument("--steps", type=int, default=None, help="override every variant's train.steps")
+    p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task (default: the suite's)")
+    p.add_argument("--workers", type=int, default=1, help="environment processes per eval cell (and demo processes)")
+    p.add_argument("--no-solo-latency", action="store_true", help="skip timing each policy alone after the episodes")
+    p.add_argument("--root", default="results")
+    p.add_argument("--reports", default="reports")
+    add_ray_arguments(p)
+
+
+def options_from_args(args) -> AblationOptions:
+    split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
+    try:
+        seeds = tuple(int(x) for x in split(args.seeds))
+        counts = tuple(int(x) for x in split(args.demo_counts))
+    except ValueError:
+        raise UserError("--seeds and --demo-counts take comma-separated integers, e.g. 0,1,2") from None
+    if args.workers < 1 or args.demos < 1 or any(n < 1 for n in counts):
+        raise UserError("--workers, --demos and every --demo-counts value must be at least 1")
+    return AblationOptions(experiment=args.experiment, variants=split(args.variants), seeds=seeds,
+                           train_suite=args.train_suite, eval_suites=split(args.eval_suites), level=args.level,
+                           demos=args.demos, demo_counts=counts, steps=args.steps, episodes=args.episodes,
+                           workers=args.workers, root=args.root, reports=args.reports,
+                           include_path=tuple(args.include_path), solo_latency=not args.no_solo_latency)
+
+
+def main(args) -> int:
+    from harness.scale.grid import ray_options_from_args
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    out = run_ablation(options_from_args(args), ray_options_from_args(args))
+    for what, err in out["failed"]:
+        print(f"FAILED {what}: {err}")
+    return 1 if out["failed"] or out["pairing"] else 0
