@@ -48,7 +48,7 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episod
 
     `policy` is a `Policy` or a `RemotePolicy` (its `config` is recorded), or "expert" / "random"
     (reference rows). `checkpoint_sha256` stands for the checkpoint file when the policy is remote."""
-    from harness.results.provenance import provenance
+    from harness.results.provenance import load_snapshot, provenance
     from harness.results.stats import per_task, summarize
     from harness.results.store import Result
     from harness.config import spec_hash
@@ -67,6 +67,7 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episod
         rec["episode_id"] = cell.episode_id(rec["task_index"], rec["init_index"], rec["seed"])
         cell.append_episode(rec)
 
+    load = {"start": load_snapshot()}   # what the cores were doing: latency under load is not solo latency
     if todo:
         run_episodes(spec, todo, policy, record, workers=workers, execution=execution, noise_seed=noise_seed,
                      progress=progress, max_batch=max_batch, max_wait_ms=max_wait_ms, envs_per_worker=envs_per_worker,
@@ -83,7 +84,8 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episod
                     if checkpoint_path or checkpoint_sha256 else None,
                     provenance={**provenance(), "suite": suite_provenance(spec)}, started=started,
                     finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    extra={**({"level_info": info} if info else {}), **(extra or {})})
+                    extra={**({"level_info": info} if info else {}), "load": {**load, "end": load_snapshot()},
+                           **(extra or {})})
     cell.write_result(result)
     return result.to_dict()
 

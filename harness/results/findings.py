@@ -164,7 +164,7 @@ NOTE = ("Paired contrasts: same training seeds, demonstrations, init states and 
 
 
 def markdown(rows: list[Finding], per_variant: dict) -> str:
-    from harness.bench import markdown_table
+    from harness.results.tables import dict_table as markdown_table
     if not rows:
         return "## Findings\n\nNo paired contrast: the experiment lacks the variants a contrast needs.\n"
     body = [dict(zip(HEADER, r)) for r in table(rows)]

@@ -99,3 +99,10 @@ def provenance(extra_packages: tuple[str, ...] = ()) -> dict:
         "hostname": socket.gethostname(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def load_snapshot() -> dict:
+    """The load a measurement ran under (1- and 5-minute load averages over the cores): latency
+    taken while other cells share the cores is not like for like with latency taken alone."""
+    one, five, _ = os.getloadavg()
+    return {"loadavg_1m": one, "loadavg_5m": five, "cpus": os.cpu_count()}

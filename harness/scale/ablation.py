@@ -9,7 +9,8 @@ The checkpoints trained on the train suite are also evaluated on a generalizatio
 design trained on fewer demonstrations, each count in its own experiment `<experiment>-demos<N>`.
 
 Cells run on Ray through the grid's own cell functions, so the run resumes like `wam-bench run`.
-After the episodes, each eval cell's policy is timed alone on the machine (`latency_solo` in its
+Every eval cell records the load it ran under (`extra.load`, as every eval cell does). After
+the episodes, each eval cell's policy is timed alone on the machine (`latency_solo` in its
 result), because latencies measured while other cells share the cores are not like for like.
 The design (variants, seeds, datasets and their hashes) is written to `<experiment>/ablation.json`.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from harness.config import Registry
 from harness.errors import UserError
 from harness.results.findings import DESIGN_FILE
-from harness.scale.grid import DEFAULT_VARIANTS, GridOptions
+from harness.scale.grid import GridOptions, all_variants
 
 SOLO_CALLS = 20
 
@@ -32,7 +33,7 @@ SOLO_CALLS = 20
 @dataclass
 class AblationOptions:
     experiment: str = "ablation"
-    variants: tuple = tuple(DEFAULT_VARIANTS)
+    variants: tuple = field(default_factory=all_variants)
     seeds: tuple = (0, 1, 2)
     train_suite: str = "tabletop"
     eval_suites: tuple = ("tabletop", "tabletop-shuffled")
@@ -60,38 +61,11 @@ def grid_options(o: AblationOptions, experiment: str, demos: int) -> GridOptions
                        root=o.root, reports=o.reports, include_path=o.include_path, progress=o.progress)
 
 
-def load_snapshot() -> dict:
-    """The load an eval cell ran under: 1-minute load average over the cores."""
-    one, five, _ = os.getloadavg()
-    return {"loadavg_1m": one, "loadavg_5m": five, "cpus": os.cpu_count()}
-
-
-def ablation_eval_cell(checkpoint: str, g: GridOptions, variant: str, suite: str, seed: int, level_name: str) -> dict:
-    """The grid's eval cell, plus the load it ran under (at start and at the end) in result.extra."""
-    from harness.eval.cell import evaluate_cell
-    from harness.policy.levels import apply_transforms, infer_options
-    from harness.policy.policy import load_policy
-    from harness.results.store import CellKey, Store
-    reg = Registry(list(g.include_path))
-    level = reg.opt_level(level_name)
-    policy = load_policy(checkpoint, infer_options(level), level_name)
-    info = apply_transforms(policy.model, level)
-    cell = Store(g.root).cell(CellKey(g.experiment, variant, suite, seed, level_name))
-    before = load_snapshot()
-    res = evaluate_cell(cell, reg.suite(suite), policy, config={"level_info": info}, checkpoint_path=checkpoint,
-                        episodes_per_task=g.episodes, workers=g.workers, progress=g.progress,
-                        extra={"load": {"start": before}})
-    res["extra"].setdefault("load", {})["end"] = load_snapshot()
-    from harness.results.store import Result
-    cell.write_result(Result.from_dict(res))
-    return res["metrics"]
-
-
 def plan(o: AblationOptions, datasets: dict[int, str]) -> tuple[list, dict, list, dict]:
     """-> (cells to run, {key: value} complete, every expected key, {experiment: GridOptions})."""
     from harness.eval.cell import cell_source
     from harness.results.store import CellKey, Store
-    from harness.scale.grid import reference_cell, train_cell, train_key, trained_checkpoint
+    from harness.scale.grid import eval_cell, reference_cell, train_cell, train_key, trained_checkpoint
     from harness.scale.ray_cells import GridCell
     reg = Registry(list(o.include_path))
     store = Store(o.root)
@@ -117,7 +91,7 @@ def plan(o: AblationOptions, datasets: dict[int, str]) -> tuple[list, dict, list
                     if ckpt and cell.is_complete() and cell.source() == cell_source(reg.suite(s), ckpt):
                         done[key] = cell.result()["metrics"]
                     else:
-                        cells.append(GridCell(key, ablation_eval_cell, (g, v, s, seed, o.level), deps=(tk,),
+                        cells.append(GridCell(key, eval_cell, (g, v, s, seed, o.level), deps=(tk,),
                                               label=f"eval {v}/{exp}/{s}/seed{seed}"))
         if exp != o.experiment:
             continue
@@ -136,11 +110,10 @@ def plan(o: AblationOptions, datasets: dict[int, str]) -> tuple[list, dict, list
 def solo_latency(o: AblationOptions, keys: list, calls: int = SOLO_CALLS) -> int:
     """Time each eval cell's policy alone (nothing else of this run is running): `calls` inference
     calls, episode-like (a reset every full episode, a chunk's frames of history between calls) on
-one observation of the suite, after one untimed warm-up, into
-    result.extra["latency_solo"]. Cells that already have it are skipped; returns how many were timed."""
+    one observation of the suite, after one untimed warm-up, into result.extra["latency_solo"]. Cells that already have it are skipped; returns how many were timed."""
     import torch
-    from harness.policy.levels import apply_transforms, infer_options
-    from harness.policy.policy import load_policy
+    from harness.policy.policy import build_policy
+    from harness.results.provenance import load_snapshot
     from harness.results.stats import latency_summary
     from harness.results.store import Result, Store
     from harness.suites.base import make_env
@@ -153,9 +126,7 @@ one observation of the suite, after one untimed warm-up, into
         res = cell.result()
         if not res or res["status"] != "complete" or not res.get("checkpoint") or "latency_solo" in res["extra"]:
             continue
-        level = reg.opt_level(key.opt_level)
-        policy = load_policy(res["checkpoint"]["path"], infer_options(level), key.opt_level)
-        apply_transforms(policy.model, level)
+        policy = build_policy(res["checkpoint"]["path"], key.opt_level, registry=reg, device="cpu")
         spec = reg.suite(key.suite)
         with make_env(spec, 0) as env:
             env.reset(0, 0)
@@ -276,7 +247,7 @@ def run_ablation(o: AblationOptions, ro=None) -> dict:
 def add_arguments(p):
     from harness.scale.grid import add_ray_arguments
     p.add_argument("--experiment", default="ablation")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--variants", default=None, help="comma-separated (default: every variant the registry knows)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds, the same for every variant")
     p.add_argument("--train-suite", default="tabletop")
     p.add_argument("--eval-suites", default="tabletop,tabletop-shuffled",
@@ -303,7 +274,7 @@ def options_from_args(args) -> AblationOptions:
         raise UserError("--seeds and --demo-counts take comma-separated integers, e.g. 0,1,2") from None
     if args.workers < 1 or args.demos < 1 or any(n < 1 for n in counts):
         raise UserError("--workers, --demos and every --demo-counts value must be at least 1")
-    return AblationOptions(experiment=args.experiment, variants=split(args.variants), seeds=seeds,
+    return AblationOptions(experiment=args.experiment, variants=split(args.variants) if args.variants else all_variants(args.include_path), seeds=seeds,
                            train_suite=args.train_suite, eval_suites=split(args.eval_suites), level=args.level,
                            demos=args.demos, demo_counts=counts, steps=args.steps, episodes=args.episodes,
                            workers=args.workers, root=args.root, reports=args.reports,
