@@ -7,7 +7,7 @@ with the last good checkpoint kept.
 The same loop runs as one rank of many: `--workers N [--strategy ddp|fsdp]` (a Ray Train worker
 group) or `torchrun --nproc-per-node N -m harness.cli train ...`. Those runs save sharded
 checkpoints under `<out>/ckpt/` while training and the single file at the end; see
-harness/scale/distributed.py for how the global batch stays the same on any worker count.
+harness/distributed.py for how the global batch stays the same on any worker count.
 """
 from __future__ import annotations
 
@@ -81,9 +81,9 @@ class _State:
 
 def train(rv: ResolvedVariant, dataset: str | Path, out: str | Path, *, camera: str | None = None,
           progress: bool = True, desc: str | None = None, dist=None) -> TrainResult:
-    """The training loop, on one process or as one rank of many (`dist`: harness.scale.distributed.Dist)."""
+    """The training loop, on one process or as one rank of many (`dist`: harness.distributed.Dist)."""
     from harness.data.lerobot import open_dataset
-    from harness.scale.distributed import (Dist, StepBatches, batches, complete_checkpoints, device_for,
+    from harness.distributed import (Dist, StepBatches, batches, complete_checkpoints, device_for,
                                            noise_generator)
     d = dist or Dist()
     out = Path(out)
@@ -232,7 +232,7 @@ def add_arguments(p):
     p.add_argument("--camera", default=None, help="dataset camera to train on (default: the first)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any variant field, e.g. --set train.lr=3e-4 (key-locked)")
-    g = p.add_argument_group("distributed (see harness/scale/distributed.py)")
+    g = p.add_argument_group("distributed (see harness/distributed.py)")
     g.add_argument("--workers", type=int, default=1,
                    help="training processes, as a Ray Train worker group (under torchrun: its processes)")
     g.add_argument("--strategy", default="auto", help="ddp | fsdp | auto (FSDP2 for wan22-* presets, else DDP)")
@@ -263,7 +263,7 @@ def main(args) -> int:
         sets["train.steps"] = args.steps
     if sets:
         rv = ResolvedVariant(override(rv.variant, sets), rv.backbone)
-    from harness.scale import distributed as dist
+    from harness import distributed as dist
     if args.workers < 1 or (args.shards is not None and args.shards < 1):
         raise UserError("--workers and --shards must be at least 1")
     strategy = dist.resolve_strategy(args.strategy, rv.backbone.name)

@@ -9,9 +9,10 @@ HARNESS = Path(__file__).resolve().parents[1] / "harness"
 # Lowest first; a module may import its own room and any lower one (lazy imports count too).
 # results (store, stats, report) sits below eval and train: the eval cell and the trainer write
 # into the store, and results itself imports only config and errors. train sits below scale,
-# whose grid, sweep and nightly run it. See docs/architecture.md.
+# whose grid, sweep and nightly run it; distributed (the ranks of one training, and its Ray Train
+# launcher) sits beside train. See docs/architecture.md.
 RANKS = {"config": 0, "errors": 0, "env": 0, "model": 1, "data": 2, "suites": 2, "policy": 3, "results": 4,
-         "eval": 5, "train": 5, "scale": 6, "bench": 7, "cli": 8}
+         "eval": 5, "train": 5, "distributed": 5, "scale": 6, "bench": 7, "cli": 8}
 
 
 def room(module: str) -> str | None:
@@ -77,7 +78,7 @@ def test_gl_defaults_and_forwarded_variables_in_one_place():
             setters.append(str(path.relative_to(HARNESS)))
         read |= set(re.findall(r"environ(?:\.get\(|\[)\s*['\"]((?:WAM_[A-Z_]+)|LIBERO_ASSETS)['\"]", text))
     assert setters == []
-    bench_only = {"WAM_BENCH_GPU_DEVICE", "WAM_BENCH_GPU_BACKBONE"}   # read in the bench's own process
+    bench_only = {"WAM_BENCH_GPU_DEVICE", "WAM_BENCH_GPU_BACKBONE", "WAM_BENCH_GPU_SCALING"}   # read in the bench's own process
     assert read - bench_only <= set(FORWARDED), read - set(FORWARDED)
     assert {"WAM_LATENT_CACHE", "WAM_TEXT_CACHE", "LIBERO_ASSETS"} <= read   # the check sees real reads
 

@@ -283,7 +283,6 @@ def options_from_args(args) -> AblationOptions:
 
 def main(args) -> int:
     from harness.scale.grid import ray_options_from_args
-    os.environ.setdefault("MUJOCO_GL", "egl")
     out = run_ablation(options_from_args(args), ray_options_from_args(args))
     for what, err in out["failed"]:
         print(f"FAILED {what}: {err}")
