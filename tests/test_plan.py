@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.bench.train import synthetic_batch
 from harness.cli import main as cli
 from harness.config import resolve_variant
 from harness.model.wam import WorldActionModel
@@ -45,7 +44,7 @@ def test_analytic_flops_match_torchs_flop_counter(name):
     torch.manual_seed(0)
     model = WorldActionModel(rv, 7, 8)
     with FlopCounterMode(display=False) as fc:
-        model.loss(synthetic_batch(rv, 2, 7, 8), torch.Generator().manual_seed(0))
+        model.loss(model.layout.fake_batch(rv, 2, 7, 8), torch.Generator().manual_seed(0))
     measured = fc.get_total_flops() / 2
     assert 0.8 < measured / make_plan(rv, 1).flops_fwd < 1.05
 
