@@ -1,7 +1,8 @@
 """`wam-bench report`: tables, plots and one HTML page per experiment, from the results store.
 
 Writes `reports/<experiment>/`: ablation.{md,tex,csv} (variant x suite), ladder.{md,tex,csv}
-(variant x level), cells.csv, plots as PNG and SVG, and a self-contained index.html.
+(variant x level), robustness.{md,csv} (clean vs perturbed suites), cells.csv, plots as PNG and
+SVG, and a self-contained index.html.
 
 Numbers are recomputed from the episode records (the store's source of truth), pooled over
 seeds per (variant, suite, level). The ablation table shows each variant at its *headline
@@ -667,6 +668,13 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
         plots[title] = (r, None) if r.endswith(".png") else (None, r)
     tables = {"Ablation (variant × suite)": (header, body, caption),
               "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption)}
+    # --- robustness (clean vs LIBERO-PRO perturbed): harness/results/robustness.py, shown when it has rows
+    from harness.results import robustness
+    rob = robustness.section(col, out)
+    if rob["table"][1]:
+        tables["Robustness (clean vs perturbed)"] = rob["table"]
+        plots["Robustness: success drop per perturbation family"] = rob["plot"]
+    # --- end robustness
     return write_html(col, out, {"tables": tables, "plots": plots})
 
 

