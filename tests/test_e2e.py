@@ -82,7 +82,7 @@ def test_simulator_faults_are_errors_not_failures(tabletop, tmp_path, monkeypatc
 def test_interrupted_eval_resumes_without_duplicates(trained, tmp_path):
     """Ctrl-C during `wam-bench eval`, then the same command: every planned episode once."""
     cmd = [sys.executable, "-m", "harness.cli", "eval", "--checkpoint", str(trained), "--suite", "tabletop",
-           "--episodes", "2", "--root", str(tmp_path), "--experiment", "r", "--workers", "2"]
+           "--episodes", "3", "--root", str(tmp_path), "--experiment", "r", "--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     eps_file = tmp_path / "r" / "fastwam" / "tabletop" / "seed0" / "O1-kvcache" / "episodes.jsonl"
@@ -93,17 +93,17 @@ def test_interrupted_eval_resumes_without_duplicates(trained, tmp_path):
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     before = [line for line in eps_file.read_text().splitlines(keepends=True) if line.endswith("\n")]
-    assert 2 <= len(before) < 8
+    assert 2 <= len(before) < 12, len(before)   # interrupted part-way (one worker: episodes one by one)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-800:]
     lines = eps_file.read_text().splitlines(keepends=True)
     assert lines[:len(before)] == before  # the episodes recorded before Ctrl-C are kept byte for byte
     ids = [json.loads(line)["episode_id"] for line in lines]
     from harness.results.store import Cell
-    planned = {Cell.episode_id(t, i, s) for t, i, s in episode_plan(Registry().suite("tabletop"), 0, 2)}
-    assert len(ids) == len(set(ids)) == 8 and set(ids) == planned
+    planned = {Cell.episode_id(t, i, s) for t, i, s in episode_plan(Registry().suite("tabletop"), 0, 3)}
+    assert len(ids) == len(set(ids)) == 12 and set(ids) == planned
     result = json.loads((eps_file.parent / "result.json").read_text())
-    assert result["metrics"]["n_episodes"] == 8
+    assert result["metrics"]["n_episodes"] == 12
 
 
 def test_more_episodes_extend_a_cell_and_fewer_are_refused(tabletop, tmp_path):
