@@ -28,29 +28,34 @@ def _ci(x, lo, hi, fmt) -> str:
     return "—" if x is None else f"{fmt(x)} [{fmt(lo)}, {fmt(hi)}]"
 
 
-def ablation_rows(col: Collected) -> list[dict]:
-    """Long format: one row per (variant, suite) at the variant's headline level."""
-    rows = []
+def headline_groups(col: Collected):
+    """(variant, suite, level, group) for every variant at its headline level, in report order."""
     for v in col.variants:
         level = col.headline_level(v)
         for s in col.suites:
             g = col.groups.get((v, s, level)) if level else None
-            if g is None:
-                continue
-            m = g.metrics
-            lo, hi = m["success_ci95"] or (None, None)
-            plo, phi = m["progress_ci95"] or (None, None)
-            rows.append({
-                "variant": v, "suite": s, "level": level, "seeds": " ".join(map(str, g.seeds)),
-                "status": g.status, "n_episodes": m["n_episodes"], "n_errors": m["n_errors"],
-                "n_valid": m["n_valid"], "n_success": m["n_success"],
-                "success_pct": _round(None if m["success_rate"] is None else 100 * m["success_rate"]),
-                "success_lo_pct": _round(None if lo is None else 100 * lo),
-                "success_hi_pct": _round(None if hi is None else 100 * hi),
-                "progress_mean": _round(m["progress_mean"]), "progress_lo": _round(plo),
-                "progress_hi": _round(phi), "latency_p50_ms": _round(m["latency_ms"]["p50"], 2),
-                "paper_success_pct": paper_success_pct(v, s),
-            })
+            if g is not None:
+                yield v, s, level, g
+
+
+def ablation_rows(col: Collected) -> list[dict]:
+    """Long format: one row per (variant, suite) at the variant's headline level."""
+    rows = []
+    for v, s, level, g in headline_groups(col):
+        m = g.metrics
+        lo, hi = m["success_ci95"] or (None, None)
+        plo, phi = m["progress_ci95"] or (None, None)
+        rows.append({
+            "variant": v, "suite": s, "level": level, "seeds": " ".join(map(str, g.seeds)),
+            "status": g.status, "n_episodes": m["n_episodes"], "n_errors": m["n_errors"],
+            "n_valid": m["n_valid"], "n_success": m["n_success"],
+            "success_pct": _round(None if m["success_rate"] is None else 100 * m["success_rate"]),
+            "success_lo_pct": _round(None if lo is None else 100 * lo),
+            "success_hi_pct": _round(None if hi is None else 100 * hi),
+            "progress_mean": _round(m["progress_mean"]), "progress_lo": _round(plo),
+            "progress_hi": _round(phi), "latency_p50_ms": _round(m["latency_ms"]["p50"], 2),
+            "paper_success_pct": paper_success_pct(v, s),
+        })
     return rows
 
 
@@ -119,13 +124,10 @@ def ablation_grid(col: Collected, rows: list[dict]) -> tuple[list[str], list[lis
 def per_task_rows(col: Collected) -> list[dict]:
     """One row per (variant, suite, task) at the variant's headline level: the heatmap's numbers."""
     rows = []
-    for v in col.variants:
-        level = col.headline_level(v)
-        for s in col.suites:
-            g = col.groups.get((v, s, level)) if level else None
-            for task, t in (g.per_task if g else {}).items():
-                rows.append({"variant": v, "suite": s, "level": level, "task": task, "n": t["n"],
-                             "success_pct": _round(100 * t["success_rate"]), "progress_mean": _round(t["progress_mean"])})
+    for v, s, level, g in headline_groups(col):
+        for task, t in g.per_task.items():
+            rows.append({"variant": v, "suite": s, "level": level, "task": task, "n": t["n"],
+                         "success_pct": _round(100 * t["success_rate"]), "progress_mean": _round(t["progress_mean"])})
     return rows
 
 
