@@ -66,3 +66,12 @@ def ray_session():
     yield
     if started:
         ray.shutdown()
+
+
+def like_a_terminal():
+    """Popen's preexec_fn for a child that a test Ctrl-C's: SIGINT back to its default. Native code
+    loaded into the test process (Ray, gloo) can leave SIGINT ignored at the OS level, a setting
+    children inherit across exec, and a Python started with SIGINT ignored never raises
+    KeyboardInterrupt: the child would run on as if no one had pressed Ctrl-C."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

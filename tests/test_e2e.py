@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import like_a_terminal
 
 from harness.config import Registry, ResolvedVariant, override, resolve_variant
 from harness.data.demos import make_demos
@@ -84,7 +85,8 @@ def test_interrupted_eval_resumes_without_duplicates(trained, tmp_path):
     cmd = [sys.executable, "-m", "harness.cli", "eval", "--checkpoint", str(trained), "--suite", "tabletop",
            "--episodes", "3", "--root", str(tmp_path), "--experiment", "r", "--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=like_a_terminal)
     eps_file = tmp_path / "r" / "fastwam" / "tabletop" / "seed0" / "O1-kvcache" / "episodes.jsonl"
     deadline = time.time() + 120
     while (not eps_file.exists() or len(eps_file.read_text().splitlines()) < 2) and time.time() < deadline:

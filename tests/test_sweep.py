@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import like_a_terminal
 
 optuna = pytest.importorskip("optuna")
 ray = pytest.importorskip("ray")
@@ -115,6 +116,7 @@ def test_interrupted_sweep_continues_the_study(tmp_path, ray_session):
            "--storage", storage, "--root", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"),
            "--dataset", str(ds), "--parallel", "1"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=like_a_terminal,
                             env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
     first = []
     deadline = time.time() + 240

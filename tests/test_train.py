@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import like_a_terminal
 import torch
 
 from conftest import write_toy_dataset
@@ -67,7 +68,8 @@ def test_interrupted_training_resumes_exactly(toy_dataset, tmp_path):
     cmd = [sys.executable, "-m", "harness.cli", "train", "--variant", "fastwam", "--dataset", str(toy_dataset),
            "--steps", "40", "--set", "train.checkpoint_every=5", "--out"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd + [str(tmp_path / "a")], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd + [str(tmp_path / "a")], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=like_a_terminal)
     ckpt = tmp_path / "a" / "last.safetensors"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline:
