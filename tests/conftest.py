@@ -69,9 +69,9 @@ def ray_session():
 
 
 def like_a_terminal():
-    """Popen's preexec_fn for a child that a test Ctrl-C's: SIGINT back to its default. Native code
-    loaded into the test process (Ray, gloo) can leave SIGINT ignored at the OS level, a setting
-    children inherit across exec, and a Python started with SIGINT ignored never raises
-    KeyboardInterrupt: the child would run on as if no one had pressed Ctrl-C."""
+    """Popen's preexec_fn for a child that a test Ctrl-C's: SIGINT back to its default. A test run
+    started in the background by a non-interactive shell (`cmd &` with no job control, as some CI
+    runners do) has SIGINT ignored, children inherit that across exec, and a Python started with
+    SIGINT ignored never raises KeyboardInterrupt: the child would run on as if no one pressed Ctrl-C."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
