@@ -59,6 +59,10 @@ def test_grid_completes_and_rerun_does_no_work(grid_env):
         w = json.loads((store.cell(k).path / WORKER_FILE).read_text())
         assert w["state"] == "done" and w["torch_threads"] == 1 and w["nice"] == 0
     assert store.cell(keys[3]).result()["extra"]["n/a"]  # O6-flash does not apply to fastwam: no worker
+    for k in keys[1:3]:  # each model cell's policy timed alone after the run (the report prefers it)
+        solo = store.cell(k).result()["extra"]["latency_solo"]
+        assert solo["n"] == 20 and solo["p50"] > 0 and solo["torch_threads"] == 1
+    assert "latency_solo" not in store.cell(keys[4]).result()["extra"]   # references make no inference calls
     assert len(out["summary"].done) == 5
 
     before = {k: store.cell(k).episodes_path.stat().st_mtime_ns for k in keys[1:3]}

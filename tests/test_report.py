@@ -363,3 +363,44 @@ def test_warm_up_is_left_out_per_cell_before_pooling_seeds(report):
     assert m["n_calls"] == len(timed) == sum(map(len, calls)) - 2
     assert m["latency_ms"]["p50"] == pytest.approx(np.percentile(timed, 50))
     assert m["latency_ms"]["p95"] == pytest.approx(np.percentile(timed, 95))
+
+
+def _with_alone(src: Path, dst: Path, skip: tuple | None = None) -> Store:
+    """A copy of the synthetic store whose complete model cells carry a latency timed alone
+    (p50 = a tenth of the in-run figure of the grid row, p95 = 1.5x that), except `skip`."""
+    shutil.copytree(src, dst)
+    store = Store(dst)
+    for i, (v, s, seed, lvl, *_rest) in enumerate(GRID):
+        cell = store.cell(CellKey(EXP, v, s, seed, lvl))
+        res = cell.result()
+        if lvl == "reference" or res["status"] != "complete" or (v, s, seed, lvl) == skip:
+            continue
+        p50 = GRID[i][6] / 10 + seed
+        res["extra"]["latency_solo"] = {"p50": p50, "p95": 1.5 * p50, "mean": p50, "n": 20}
+        cell.write_result(Result.from_dict(res))
+    return store
+
+
+def test_latency_timed_alone_is_preferred_and_never_mixed(report, tmp_path):
+    """Where every timed cell was also timed alone (`time_alone`), the tables, the ladder's
+    speed-ups and the caption use those figures (median over seeds); one cell without them and
+    the whole report falls back to the in-run figures, so no ratio mixes the two."""
+    store, _ = report
+    alone = _with_alone(store.root, tmp_path / "alone")
+    index = write_report(alone.root, EXP, tmp_path / "rep-alone")
+    abl = {(r["variant"], r["suite"]): r for r in csv.DictReader(open(index.parent / "ablation.csv"))}
+    assert abl[("fastwam", "tabletop")]["latency_source"] == "alone"
+    assert float(abl[("fastwam", "tabletop")]["latency_p50_ms"]) == pytest.approx(np.median([6.0, 6.2 + 1]))
+    lad = {r["level"]: r for r in csv.DictReader(open(index.parent / "ladder.csv")) if r["variant"] == "dreamzero"}
+    assert float(lad["O0-eager"]["latency_p50_ms"]) == pytest.approx(90.0)
+    assert float(lad["O3-dit-cache"]["speedup"]) == pytest.approx(50.0 / 11.0, abs=1e-3)
+    assert "timed alone after the episodes" in (index.parent / "ablation.md").read_text()
+
+    mixed = _with_alone(store.root, tmp_path / "mixed", skip=("dreamzero", "tabletop", 0, "O2-cfg-batch"))
+    index = write_report(mixed.root, EXP, tmp_path / "rep-mixed")
+    lad = {r["level"]: r for r in csv.DictReader(open(index.parent / "ladder.csv")) if r["variant"] == "dreamzero"}
+    eps = mixed.cell(CellKey(EXP, "dreamzero", "tabletop", 0, "O0-eager")).episodes()
+    assert lad["O0-eager"]["latency_source"] == "in run"
+    assert float(lad["O0-eager"]["latency_p50_ms"]) == pytest.approx(
+        np.percentile([v for e in eps for v in e["latency_ms"]][1:], 50), abs=0.01)
+    assert "not like for like" in (index.parent / "ladder.md").read_text()

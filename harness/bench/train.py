@@ -97,7 +97,7 @@ def measure(args) -> dict:
         from harness.model.wam import WorldActionModel
         torch.manual_seed(0)
         model = WorldActionModel(rv, 4, 4)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py
         batch = model.layout.fake_batch(rv, batch_size)
         step = step_fn(model, opt, batch)
         step()  # warm-up

@@ -112,6 +112,54 @@ def suite_provenance(spec: SuiteSpec) -> dict:
     return fn(spec) if callable(fn) else {}
 
 
+ALONE_CALLS = 20
+
+
+def time_alone(root, keys: list, registry: Registry | None = None, calls: int = ALONE_CALLS, device: str = "cpu") -> int:
+    """Time each complete eval cell's policy alone on the machine, after a grid's cells are done:
+    `calls` inference calls, episode-like (a reset every full episode, a chunk's frames of history
+    between calls) on one observation of the suite, after one untimed warm-up, on one torch thread
+    (as the grid's cells run) and on `device`, into result.extra["latency_solo"]. Latency measured while other
+    cells share the cores is not like for like between variants; the report prefers this one.
+    Cells that already have it are skipped; returns how many were timed."""
+    import torch
+    from harness.policy.policy import build_policy
+    from harness.results.provenance import load_snapshot
+    from harness.results.stats import latency_summary
+    from harness.results.store import Result, Store
+    from harness.suites.base import make_env
+    reg = registry or Registry()
+    store = Store(root)
+    n, threads = 0, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for key in keys:
+            cell = store.cell(key)
+            res = cell.result()
+            if not res or res["status"] != "complete" or not res.get("checkpoint") or "latency_solo" in res["extra"]:
+                continue
+            policy = build_policy(res["checkpoint"]["path"], key.opt_level, registry=reg, device=device)
+            spec = reg.suite(key.suite)
+            with make_env(spec, 0) as env:
+                env.reset(0, 0)
+                obs = env.observe(render=True)
+            horizon = spec.action_horizon or policy.action_horizon
+            per_episode = max(1, -(-spec.max_steps // horizon))  # calls in a full-length episode
+            ms = []
+            for c in range(calls + 1):
+                if c % per_episode == 0:
+                    policy.reset()
+                obs.history = [] if c % per_episode == 0 else [obs.images] * max(1, horizon // policy.frame_stride)
+                policy.infer(obs, noise_seed=c)
+                ms.append(policy.last_latency_ms)
+            res["extra"]["latency_solo"] = {**latency_summary(ms, warmup=1), "torch_threads": 1, "load": load_snapshot()}
+            cell.write_result(Result.from_dict(res))
+            n += 1
+    finally:
+        torch.set_num_threads(threads)
+    return n
+
+
 def add_arguments(p):
     p.add_argument("--checkpoint", help="trained checkpoint (or use --policy expert|random)")
     p.add_argument("--policy", choices=["expert", "random"], help="a reference row instead of a checkpoint")

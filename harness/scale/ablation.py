@@ -27,8 +27,6 @@ from harness.errors import UserError
 from harness.results.findings import DESIGN_FILE
 from harness.scale.grid import GridOptions, all_variants
 
-SOLO_CALLS = 20
-
 
 @dataclass
 class AblationOptions:
@@ -107,45 +105,6 @@ def plan(o: AblationOptions, datasets: dict[int, str]) -> tuple[list, dict, list
     return cells, done, expected, grids
 
 
-def solo_latency(o: AblationOptions, keys: list, calls: int = SOLO_CALLS) -> int:
-    """Time each eval cell's policy alone (nothing else of this run is running): `calls` inference
-    calls, episode-like (a reset every full episode, a chunk's frames of history between calls) on
-    one observation of the suite, after one untimed warm-up, into result.extra["latency_solo"]. Cells that already have it are skipped; returns how many were timed."""
-    import torch
-    from harness.policy.policy import build_policy
-    from harness.results.provenance import load_snapshot
-    from harness.results.stats import latency_summary
-    from harness.results.store import Result, Store
-    from harness.suites.base import make_env
-    reg = Registry(list(o.include_path))
-    store = Store(o.root)
-    n = 0
-    torch.set_num_threads(1)  # the grid's cells run with one thread each: like for like with them
-    for key in keys:
-        cell = store.cell(key)
-        res = cell.result()
-        if not res or res["status"] != "complete" or not res.get("checkpoint") or "latency_solo" in res["extra"]:
-            continue
-        policy = build_policy(res["checkpoint"]["path"], key.opt_level, registry=reg, device="cpu")
-        spec = reg.suite(key.suite)
-        with make_env(spec, 0) as env:
-            env.reset(0, 0)
-            obs = env.observe(render=True)
-        horizon = spec.action_horizon or policy.action_horizon
-        per_episode = max(1, -(-spec.max_steps // horizon))  # calls in a full-length episode
-        ms = []
-        for c in range(calls + 1):  # episode-like: reset, then calls with a chunk's frames of history
-            if c % per_episode == 0:
-                policy.reset()
-            obs.history = [] if c % per_episode == 0 else [obs.images] * max(1, horizon // policy.frame_stride)
-            policy.infer(obs, noise_seed=c)
-            ms.append(policy.last_latency_ms)
-        res["extra"]["latency_solo"] = {**latency_summary(ms, warmup=1), "torch_threads": 1, "load": load_snapshot()}
-        cell.write_result(Result.from_dict(res))
-        n += 1
-    return n
-
-
 def pairing_problems(store_root, experiment: str) -> list[str]:
     """What breaks the pairing in an experiment: variants of one (suite, seed, level) that ran
     different episodes (task, init state, episode seed) or different noise seeds, and trainings
@@ -189,11 +148,12 @@ def _dataset_hash(path: str) -> str:
 
 
 def run_ablation(o: AblationOptions, ro=None) -> dict:
-    """Run the design on Ray, time latencies solo, write the report; returns {"failed", "index", "wall_s"}."""
+    """Run the design on Ray, time each policy alone, write the report; returns {"failed", "index", "wall_s"}."""
     from harness.data.demos import make_demos
     from harness.results.report import write_report
     from harness.results.store import atomic_write_json
     from harness.scale.ray_cells import RayOptions, run_cells
+    from harness.eval.cell import time_alone
     from harness.scale.grid import train_cost
 
     ro = ro or RayOptions()
@@ -230,7 +190,7 @@ def run_ablation(o: AblationOptions, ro=None) -> dict:
     if o.solo_latency:
         eval_keys = [k for k in expected if not k.is_train and k.opt_level != "reference"]
         t1 = time.perf_counter()
-        n = solo_latency(o, eval_keys)
+        n = time_alone(o.root, eval_keys, reg)
         print(f"[latency] {n} cells timed alone ({time.perf_counter() - t1:.0f} s)", flush=True)
     for exp in grids:
         if exp != o.experiment:

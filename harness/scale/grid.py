@@ -43,6 +43,7 @@ class GridOptions:
     train_workers: int = 1            # processes per train cell: > 1 is a Ray Train worker group
     train_cpus: float = 1.0           # per train worker (the grid's --cpus-per-cell)
     train_gpus: float = 0.0           # per train worker (the grid's --gpus-per-cell)
+    time_alone: bool = True           # after the cells: each eval cell's policy timed alone (`time_alone`)
 
 
 def train_key(o: GridOptions, variant: str, suite: str, seed: int):
@@ -210,7 +211,16 @@ def run_grid(o: GridOptions, ro=None) -> dict:
     failed = [(label, err) for label, err in summary.failed]
     failed += [(label, f"not run: {err}") for label, err in summary.blocked]
 
-    # 3. report
+    # 3. each eval cell's policy timed alone: latency like for like between variants and levels
+    if o.time_alone:
+        from harness.eval.cell import time_alone
+        from harness.results.store import REFERENCE_LEVEL
+        t1 = time.perf_counter()
+        n = time_alone(o.root, [k for k in expected if not k.is_train and k.opt_level != REFERENCE_LEVEL], reg,
+                       device=o.device)
+        print(f"[latency] {n} cells timed alone ({time.perf_counter() - t1:.0f} s)", flush=True)
+
+    # 4. report
     index = write_report(o.root, o.experiment, o.reports, expected=expected, registry=Registry(list(o.include_path)))
     print(f"[report] {index}")
     print(f"[done] {time.perf_counter() - t0:.0f} s, {len(summary.failed)} failed, {len(summary.blocked)} not run")
@@ -230,6 +240,7 @@ def add_arguments(p):
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-references", action="store_true", help="skip the expert and random rows")
+    p.add_argument("--no-solo-latency", action="store_true", help="skip timing each policy alone after the episodes")
     p.add_argument("--workers-per-cell", type=int, default=1,
                    help="training processes per train cell: a Ray Train worker group (DDP, or FSDP2 for wan22-*), "
                         "each with --cpus-per-cell CPUs and --gpus-per-cell GPUs")
@@ -274,7 +285,7 @@ def options_from_args(args) -> GridOptions:
                        steps=args.steps, episodes=args.episodes, workers=args.workers, root=args.root,
                        reports=args.reports, references=not args.no_references, include_path=tuple(args.include_path),
                        device=cell_device(args), train_workers=args.workers_per_cell, train_cpus=args.cpus_per_cell,
-                       train_gpus=args.gpus_per_cell)
+                       train_gpus=args.gpus_per_cell, time_alone=not args.no_solo_latency)
 
 
 def main(args) -> int:

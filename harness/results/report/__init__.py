@@ -33,7 +33,7 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
     from harness.results.report import plots
     from harness.results.report.collect import collect
     from harness.results.report.html import write_html
-    from harness.results.report.rows import (ABLATION_CAPTION, LADDER_COLS, PER_TASK_CAPTION, PER_TASK_COLS,
+    from harness.results.report.rows import (ABLATION_CAPTION, LADDER_COLS, LATENCY_NOTE, PER_TASK_CAPTION, PER_TASK_COLS,
                                              ablation_grid, ablation_rows, ladder_caption, ladder_grid,
                                              ladder_rows, per_task_grid, per_task_rows)
     from harness.results.tables import latex, markdown, write_csv
@@ -62,16 +62,17 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
                  if curve.endswith(".png") else None)
     findings_html = fnd.html_fragment(f_rows, f_var, curve_src)
 
+    acaption = f"{ABLATION_CAPTION} {LATENCY_NOTE[col.latency_source]}"
     abl = ablation_rows(col)
     write_csv(out / "ablation.csv", abl, list(abl[0]) if abl else ["variant", "suite", "level"])
     header, body, groups = ablation_grid(col, abl)
-    (out / "ablation.md").write_text(f"<!-- {ABLATION_CAPTION} -->\n" + markdown(header, body))
-    (out / "ablation.tex").write_text(latex(header, body, ABLATION_CAPTION, f"tab:{experiment}-ablation",
+    (out / "ablation.md").write_text(f"<!-- {acaption} -->\n" + markdown(header, body))
+    (out / "ablation.tex").write_text(latex(header, body, acaption, f"tab:{experiment}-ablation",
                                             groups, lead=2))
 
     lad = ladder_rows(col)
     write_csv(out / "ladder.csv", lad, list(lad[0]) if lad else ["variant", "suite", "level"])
-    lbody, lcaption = ladder_grid(lad), ladder_caption()
+    lbody, lcaption = ladder_grid(lad), f"{ladder_caption()} {LATENCY_NOTE[col.latency_source]}"
     (out / "ladder.md").write_text(f"<!-- {lcaption} -->\n" + markdown(LADDER_COLS, lbody))
     (out / "ladder.tex").write_text(latex(LADDER_COLS, lbody, lcaption, f"tab:{experiment}-ladder", lead=3))
 
@@ -92,7 +93,7 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
                       ("Success per task", lambda: plots.plot_heatmap(col, out))):
         r = fn()
         drawn[title] = (r, None) if r.endswith(".png") else (None, r)
-    tables = {"Ablation (variant × suite)": (header, body, ABLATION_CAPTION),
+    tables = {"Ablation (variant × suite)": (header, body, acaption),
               "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption),
               "Per task (headline level)": (PER_TASK_COLS, tbody, PER_TASK_CAPTION)}
     # robustness (clean vs LIBERO-PRO perturbed, harness/results/robustness.py), shown when it has rows

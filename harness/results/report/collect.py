@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from harness.config import ConfigError, Registry
 from harness.results.stats import per_task, summarize_cells
 from harness.results.store import REFERENCE_LEVEL, REFERENCE_VARIANTS, Cell, CellKey, Store, na_reason
@@ -42,6 +44,14 @@ class Group:
     @property
     def seeds(self) -> list[int]:
         return [c.key.seed for c in self.cells]
+
+    def latency(self, source: str) -> dict:
+        """p50/p95 ms per call, timed alone or during the run (`Collected.latency_source`); a group
+        with no complete cell has none timed alone (its in-run figure would not be like for like)."""
+        m = self.metrics
+        if source == "alone":
+            return dict(m.get("latency_alone_ms") or {"p50": None, "p95": None})
+        return {q: m["latency_ms"][q] for q in ("p50", "p95")}
 
     @property
     def status(self) -> str:
@@ -81,6 +91,14 @@ class Collected:
     def variants(self) -> list[str]:
         return sorted({k[0] for k in self.groups}, key=variant_order)
 
+    @property
+    def latency_source(self) -> str:
+        """"alone" when every timed model group with a complete cell was also timed alone after the
+        run (`time_alone`), else "in run" for all: one source for the whole report, so every latency ratio is like for like."""
+        timed = [g for (v, _, lvl), g in self.groups.items() if lvl != REFERENCE_LEVEL and not g.na_reason
+                 and g.metrics["latency_ms"]["p50"] and "complete" in g.statuses]
+        return "alone" if timed and all(g.metrics.get("latency_alone_ms") for g in timed) else "in run"
+
     def headline_level(self, variant: str) -> str | None:
         levels = [k[2] for k, g in self.groups.items() if k[0] == variant and not g.na_reason]
         return min(levels, key=self.level_order) if levels else None
@@ -95,6 +113,16 @@ def _layout(result: dict | None, variant: str, registry: Registry) -> str | None
         return registry.variant(variant).layout
     except ConfigError:
         return None
+
+
+def _alone(g: Group) -> dict | None:
+    """p50/p95 of the group's policies timed alone (`time_alone`), the median over its cells;
+    None unless every complete cell was: a mix would not be like for like."""
+    alone = [((c.result() or {}).get("extra") or {}).get("latency_solo") for c, st in zip(g.cells, g.statuses)
+             if st == "complete"]
+    if not alone or not all(a and a.get("p50") is not None for a in alone):
+        return None
+    return {q: float(np.median([a[q] for a in alone])) for q in ("p50", "p95")}
 
 
 def collect(store: Store, experiment: str, expected: list[CellKey] | None = None,
@@ -121,6 +149,7 @@ def collect(store: Store, experiment: str, expected: list[CellKey] | None = None
         g.per_cell.append(eps)
     for g in groups.values():
         g.metrics = summarize_cells(g.per_cell)   # each cell's own first (warm-up) call dropped
+        g.metrics["latency_alone_ms"] = _alone(g)
         g.per_task = per_task(g.episodes)
     found = {c.key for c in cells}
     missing = sorted(f"{k.variant} / {k.suite} / seed{k.seed} / {k.opt_level}" for k in (expected or [])

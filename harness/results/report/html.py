@@ -48,7 +48,8 @@ def write_html(col: Collected, out: Path, sections: dict) -> Path:
     parts.append(f"<p>{len(col.cells)} cells ({n_eval} eval, {n_train} train), {n_eps} episodes. "
                  "Success: Wilson 95% interval, errors excluded and counted apart; progress: bootstrap 95% "
                  "interval of the mean (2000 resamples, seed 0); latency per inference call with each cell's "
-                 "first call excluded as warm-up. Seeds are pooled per (variant, suite, level).</p>")
+                 f"first call excluded as warm-up, timed {e(col.latency_source)}. Seeds are pooled per "
+                 "(variant, suite, level).</p>")
     parts.append(sections.get("findings", ""))  # Findings first (harness/results/findings.py)
     prov_rows, counts = _provenance_summary(col)
     if counts["commits"] > 1 or counts["machines"] > 1:

@@ -45,7 +45,7 @@ def _label(v: str, lvl: str) -> str:
 
 def plot_pareto(col: Collected, out: Path) -> str:
     pts = [g for g in col.groups.values() if g.level != REFERENCE_LEVEL and not g.na_reason
-           and g.metrics["latency_ms"]["p50"] and g.metrics["progress_mean"] is not None]
+           and g.latency(col.latency_source)["p50"] and g.metrics["progress_mean"] is not None]
     if not pts:
         return "no cell has both latency and task progress"
     plt = _plt()
@@ -54,25 +54,26 @@ def plot_pareto(col: Collected, out: Path) -> str:
     variants = sorted({g.variant for g in pts}, key=variant_order)
     colors = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
     markers = "o^sDvP*X"
+    source = col.latency_source
     for ax, s in zip(axes[0], suites):
         gs = sorted([g for g in pts if g.suite == s], key=lambda g: (variant_order(g.variant), col.level_order(g.level)))
         for g in gs:
-            m = g.metrics
-            x, y = m["latency_ms"]["p50"], m["progress_mean"]
+            m, lat = g.metrics, g.latency(source)
+            x, y = lat["p50"], m["progress_mean"]
             lo, hi = m["progress_ci95"]
             mk = markers[col.ladder.index(g.level) % len(markers)] if g.level in col.ladder else "o"
-            ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], xerr=[[0], [m["latency_ms"]["p95"] - x]],
+            ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], xerr=[[0], [lat["p95"] - x]],
                         fmt=mk, color=colors[g.variant], capsize=3, ms=7, label=_label(g.variant, g.level))
         front, best = [], -math.inf
-        for g in sorted(gs, key=lambda g: (g.metrics["latency_ms"]["p50"], -g.metrics["progress_mean"])):
+        for g in sorted(gs, key=lambda g: (g.latency(source)["p50"], -g.metrics["progress_mean"])):
             if g.metrics["progress_mean"] > best:
                 best = g.metrics["progress_mean"]
-                front.append((g.metrics["latency_ms"]["p50"], best))
+                front.append((g.latency(source)["p50"], best))
         if len(front) > 1:
             ax.step(*zip(*front), where="post", color="0.5", ls="--", lw=1, label="Pareto front")
         ax.set_xscale("log")
         _plain_log_axis(ax.xaxis)
-        ax.set_xlabel("latency per call, ms (p50; bar to p95)")
+        ax.set_xlabel(f"latency per call, ms (p50; bar to p95; timed {source})")
         ax.set_ylabel("task progress (95% bootstrap CI)")
         ax.set_title(s)
         ax.grid(alpha=0.3)

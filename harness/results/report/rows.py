@@ -40,7 +40,7 @@ def headline_groups(col: Collected):
 
 def ablation_rows(col: Collected) -> list[dict]:
     """Long format: one row per (variant, suite) at the variant's headline level."""
-    rows = []
+    rows, source = [], col.latency_source
     for v, s, level, g in headline_groups(col):
         m = g.metrics
         lo, hi = m["success_ci95"] or (None, None)
@@ -53,8 +53,8 @@ def ablation_rows(col: Collected) -> list[dict]:
             "success_lo_pct": _round(None if lo is None else 100 * lo),
             "success_hi_pct": _round(None if hi is None else 100 * hi),
             "progress_mean": _round(m["progress_mean"]), "progress_lo": _round(plo),
-            "progress_hi": _round(phi), "latency_p50_ms": _round(m["latency_ms"]["p50"], 2),
-            "paper_success_pct": paper_success_pct(v, s),
+            "progress_hi": _round(phi), "latency_p50_ms": _round(g.latency(source)["p50"], 2),
+            "latency_source": source, "paper_success_pct": paper_success_pct(v, s),
         })
     return rows
 
@@ -62,7 +62,7 @@ def ablation_rows(col: Collected) -> list[dict]:
 def ladder_rows(col: Collected) -> list[dict]:
     """One row per (variant, suite, level); speed-up of p50 over the variant's cell at the paper's base level."""
     ref, base_level = paper_ladder(), paper_baseline_level()
-    rows = []
+    rows, source = [], col.latency_source
     by_vs = defaultdict(list)
     for (v, s, lvl), g in col.groups.items():
         if lvl != REFERENCE_LEVEL:
@@ -73,12 +73,13 @@ def ladder_rows(col: Collected) -> list[dict]:
                      and g.metrics["latency_ms"]["p50"]), None)
         for g in gs:
             m = g.metrics
-            p50, p95 = m["latency_ms"]["p50"], m["latency_ms"]["p95"]
-            speed = base.metrics["latency_ms"]["p50"] / p50 if base and p50 and not g.na_reason else None
+            lat = g.latency(source) if not g.na_reason and m["latency_ms"]["p50"] else {"p50": None, "p95": None}
+            p50, p95 = lat["p50"], lat["p95"]
+            speed = base.latency(source)["p50"] / p50 if base and base.latency(source)["p50"] and p50 else None
             paper = ref.get(g.level, {}) if g.layout == PAPER_LADDER_LAYOUT else {}
             rows.append({
                 "variant": v, "suite": s, "level": g.level, "status": g.status, "n_episodes": m["n_episodes"],
-                "latency_p50_ms": _round(p50, 2), "latency_p95_ms": _round(p95, 2),
+                "latency_p50_ms": _round(p50, 2), "latency_p95_ms": _round(p95, 2), "latency_source": source,
                 "speedup": _round(speed, 3), "speedup_base": base.level if base else None,
                 "effective_steps": _round(m["effective_steps_mean"], 2),
                 "progress_mean": _round(m["progress_mean"]),
@@ -166,6 +167,13 @@ def ladder_grid(rows: list[dict]) -> list[list[str]]:
 ABLATION_CAPTION = ("Ablation (variant x suite) at each variant's headline level (its lowest optimization level "
                     "present); success % with Wilson 95% interval, task progress (final, mean) with bootstrap 95% "
                     "interval, n valid episodes pooled over seeds; paper: published success %.")
+
+LATENCY_NOTE = {
+    "alone": "Latency: each policy timed alone after the episodes (20 episode-like calls on one thread, "
+             "the first dropped), the median over seeds.",
+    "in run": "Latency: timed during the run, while other cells shared the cores (some cells were not timed "
+              "alone): ratios between variants are not like for like.",
+}
 
 
 def ladder_caption() -> str:
