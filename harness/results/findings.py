@@ -107,13 +107,14 @@ def _resolved(e: Estimate | None) -> str:
     if e.se == 0:
         return "no variance (every paired episode equal)"
     word = "yes" if e.resolved else "not resolved"
-    return f"{word} (p={e.p_value:.2g})" + ("" if e.seeds_measured else ", 1 seed")
+    return f"{word} (p={e.p_value:.2g})" + ("" if e.seeds_measured else ", 1 seed: seed-to-seed variance unmeasured")
 
 
 def _design(e: Estimate | None, what: str = "paired episodes") -> str:
     if e is None:
         return ""
-    return f"{len(e.seeds)} seeds × {e.n_episodes // max(1, len(e.seeds))} {what}"
+    k = len(e.seeds)
+    return f"{k} seed{'s' if k != 1 else ''} × {e.n_episodes // max(1, k)} {what}"
 
 
 def _mde(e: Estimate | None, scale: float, fmt: str) -> str:

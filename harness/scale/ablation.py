@@ -41,6 +41,8 @@ class AblationOptions:
     steps: int | None = None
     episodes: int | None = None
     workers: int = 1
+    envs_per_worker: int = 1
+    max_batch: int = 1
     root: str = "results"
     reports: str = "reports"
     include_path: tuple = ()
@@ -56,7 +58,7 @@ def demos_experiment(experiment: str, n: int) -> str:
 def grid_options(o: AblationOptions, experiment: str, demos: int) -> GridOptions:
     return GridOptions(experiment=experiment, variants=o.variants, suites=(o.train_suite,), seeds=o.seeds,
                        levels=(o.level,), demos=demos, steps=o.steps, episodes=o.episodes, workers=o.workers,
-                       root=o.root, reports=o.reports, include_path=o.include_path, progress=o.progress)
+                       envs_per_worker=o.envs_per_worker, max_batch=o.max_batch, root=o.root, reports=o.reports, include_path=o.include_path, progress=o.progress)
 
 
 def plan(o: AblationOptions, datasets: dict[int, str]) -> tuple[list, dict, list, dict]:
@@ -205,7 +207,7 @@ def run_ablation(o: AblationOptions, ro=None) -> dict:
 
 
 def add_arguments(p):
-    from harness.scale.grid import add_ray_arguments
+    from harness.scale.grid import add_eval_arguments, add_ray_arguments
     p.add_argument("--experiment", default="ablation")
     p.add_argument("--variants", default=None, help="comma-separated (default: every variant the registry knows)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds, the same for every variant")
@@ -218,7 +220,7 @@ def add_arguments(p):
                    "counts (comma-separated, e.g. 50,100,200), each as experiment <experiment>-demos<N>")
     p.add_argument("--steps", type=int, default=None, help="override every variant's train.steps")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task (default: the suite's)")
-    p.add_argument("--workers", type=int, default=1, help="environment processes per eval cell (and demo processes)")
+    add_eval_arguments(p)
     p.add_argument("--no-solo-latency", action="store_true", help="skip timing each policy alone after the episodes")
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
@@ -226,18 +228,21 @@ def add_arguments(p):
 
 
 def options_from_args(args) -> AblationOptions:
+    from harness.scale.grid import check_eval_arguments
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     try:
         seeds = tuple(int(x) for x in split(args.seeds))
         counts = tuple(int(x) for x in split(args.demo_counts))
     except ValueError:
         raise UserError("--seeds and --demo-counts take comma-separated integers, e.g. 0,1,2") from None
-    if args.workers < 1 or args.demos < 1 or any(n < 1 for n in counts):
-        raise UserError("--workers, --demos and every --demo-counts value must be at least 1")
+    check_eval_arguments(args)
+    if args.demos < 1 or any(n < 1 for n in counts):
+        raise UserError("--demos and every --demo-counts value must be at least 1")
     return AblationOptions(experiment=args.experiment, variants=split(args.variants) if args.variants else all_variants(args.include_path), seeds=seeds,
                            train_suite=args.train_suite, eval_suites=split(args.eval_suites), level=args.level,
                            demos=args.demos, demo_counts=counts, steps=args.steps, episodes=args.episodes,
-                           workers=args.workers, root=args.root, reports=args.reports,
+                           workers=args.workers, envs_per_worker=args.envs_per_worker, max_batch=args.max_batch,
+                           root=args.root, reports=args.reports,
                            include_path=tuple(args.include_path), solo_latency=not args.no_solo_latency)
 
 

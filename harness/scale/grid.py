@@ -33,6 +33,8 @@ class GridOptions:
     steps: int | None = None
     episodes: int | None = None
     workers: int = 1                  # environment processes per eval cell (and demo processes)
+    envs_per_worker: int = 1          # environments in each of them
+    max_batch: int = 1                # observations inferred in one call (1: in-run latency stays batch-1)
     root: str = "results"
     reports: str = "reports"
     references: bool = True
@@ -99,7 +101,7 @@ def eval_cell(checkpoint: str, o: GridOptions, variant: str, suite: str, seed: i
     policy = build_policy(checkpoint, level_name, registry=reg, device=o.device)
     res = evaluate_cell(Store(o.root).cell(CellKey(o.experiment, variant, suite, seed, level_name)), reg.suite(suite),
                         policy, checkpoint_path=checkpoint, episodes_per_task=o.episodes, workers=o.workers,
-                        progress=o.progress)
+                        progress=o.progress, max_batch=o.max_batch, envs_per_worker=o.envs_per_worker)
     return res["metrics"]
 
 
@@ -109,7 +111,8 @@ def reference_cell(o: GridOptions, ref: str, suite: str, seed: int) -> dict:
     from harness.results.store import CellKey, Store
     spec = Registry(list(o.include_path)).suite(suite)
     res = evaluate_cell(Store(o.root).cell(CellKey(o.experiment, ref, suite, seed, "reference")), spec, ref,
-                        episodes_per_task=o.episodes, workers=o.workers, progress=o.progress)
+                        episodes_per_task=o.episodes, workers=o.workers, progress=o.progress,
+                        envs_per_worker=o.envs_per_worker)
     return res["metrics"]
 
 
@@ -236,7 +239,7 @@ def add_arguments(p):
     p.add_argument("--demos", type=int, default=500, help="expert episodes per suite")
     p.add_argument("--steps", type=int, default=None, help="override every variant's train.steps")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task (default: the suite's)")
-    p.add_argument("--workers", type=int, default=1, help="environment processes per eval cell (and demo processes)")
+    add_eval_arguments(p)
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-references", action="store_true", help="skip the expert and random rows")
@@ -245,6 +248,15 @@ def add_arguments(p):
                    help="training processes per train cell: a Ray Train worker group (DDP, or FSDP2 for wan22-*), "
                         "each with --cpus-per-cell CPUs and --gpus-per-cell GPUs")
     add_ray_arguments(p)
+
+
+def add_eval_arguments(p):
+    p.add_argument("--workers", type=int, default=1, help="environment processes per eval cell (and demo processes)")
+    p.add_argument("--envs-per-worker", type=int, default=1, help="environments in each of them")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="an eval cell's observations inferred in one call, up to this many (its environments: "
+                        "--workers x --envs-per-worker); outcomes are those of batch 1, and the report's latency "
+                        "is each policy timed alone at batch 1 after the run")
 
 
 def add_ray_arguments(p):
@@ -282,15 +294,23 @@ def options_from_args(args) -> GridOptions:
     variants = split(args.variants) if args.variants else all_variants(args.include_path)
     return GridOptions(experiment=args.experiment, variants=variants, suites=split(args.suites),
                        seeds=tuple(int(x) for x in split(args.seeds)), levels=split(args.levels), demos=args.demos,
-                       steps=args.steps, episodes=args.episodes, workers=args.workers, root=args.root,
+                       steps=args.steps, episodes=args.episodes, workers=args.workers,
+                       envs_per_worker=args.envs_per_worker, max_batch=args.max_batch, root=args.root,
                        reports=args.reports, references=not args.no_references, include_path=tuple(args.include_path),
                        device=cell_device(args), train_workers=args.workers_per_cell, train_cpus=args.cpus_per_cell,
                        train_gpus=args.gpus_per_cell, time_alone=not args.no_solo_latency)
 
 
+def check_eval_arguments(args) -> None:
+    for name in ("workers", "envs_per_worker", "max_batch"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def main(args) -> int:
-    if args.workers < 1 or args.workers_per_cell < 1:
-        raise UserError(f"--workers and --workers-per-cell must be at least 1, got {args.workers}, {args.workers_per_cell}")
+    check_eval_arguments(args)
+    if args.workers_per_cell < 1:
+        raise UserError(f"--workers-per-cell must be at least 1, got {args.workers_per_cell}")
     out = run_grid(options_from_args(args), ray_options_from_args(args))
     for what, err in out["failed"]:
         print(f"FAILED {what}: {err}")
