@@ -404,3 +404,14 @@ def test_latency_timed_alone_is_preferred_and_never_mixed(report, tmp_path):
     assert float(lad["O0-eager"]["latency_p50_ms"]) == pytest.approx(
         np.percentile([v for e in eps for v in e["latency_ms"]][1:], 50), abs=0.01)
     assert "not like for like" in (index.parent / "ladder.md").read_text()
+
+
+def test_training_table_states_the_steps_each_cell_ran(real_run):
+    """The page says how long each variant trained (make run overrides the recipes' steps)."""
+    import json
+    exp_dir, out = real_run
+    info = json.loads((exp_dir / "fastwam" / "tabletop" / "seed0" / "train" / "train.json").read_text())
+    page = (out / "index.html").read_text()
+    assert "<h2>Training</h2>" in page
+    assert (f"<td>fastwam</td><td>tabletop</td><td>0</td><td>6</td><td>{info['final_loss']:.3f}</td>"
+            f"<td>{info['samples_per_s']:.1f}</td>") in page

@@ -54,7 +54,7 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episod
     from harness.config import spec_hash
 
     source = cell_source(spec, checkpoint_path, policy if isinstance(policy, str) else None, execution, noise_seed,
-                         checkpoint_sha256)
+                         checkpoint_sha256, behaviour=policy_behaviour(policy))
     if cell.claim(source):
         print(f"{cell.path}: its episodes came from another checkpoint or suite version; evaluating again",
               file=sys.stderr)
@@ -90,15 +90,30 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episod
     return result.to_dict()
 
 
+def policy_behaviour(policy) -> dict:
+    """What a policy does differently from its checkpoint's defaults that changes the episodes:
+    action smoothing, an action horizon other than the variant's. Empty for the defaults, so cells
+    recorded before these were part of the source keep it."""
+    cfg = {} if isinstance(policy, str) else dict(getattr(policy, "config", None) or {})
+    out = {}
+    if cfg.get("smoothing"):
+        out["smoothing"] = True
+    default_h = ((cfg.get("variant") or {}).get("inference") or {}).get("action_horizon")
+    if cfg.get("action_horizon") is not None and cfg.get("action_horizon") != default_h:
+        out["action_horizon"] = int(cfg["action_horizon"])
+    return out
+
+
 def cell_source(spec: SuiteSpec, checkpoint_path=None, policy: str | None = None, execution: str = "sync",
-                noise_seed: int | None = 0, checkpoint_sha256: str | None = None) -> dict:
+                noise_seed: int | None = 0, checkpoint_sha256: str | None = None, behaviour: dict | None = None) -> dict:
     """What an eval cell's episodes depend on; a cell whose records came from another source is
-    re-evaluated (`Cell.claim`), so a retrained checkpoint never inherits old episodes."""
+    re-evaluated (`Cell.claim`), so a retrained checkpoint, or the same one with smoothing or
+    another action horizon (`policy_behaviour`), never inherits old episodes."""
     from harness.policy.checkpoint import file_sha256
     from harness.config import spec_hash
     sha = checkpoint_sha256 or (file_sha256(checkpoint_path) if checkpoint_path else None)
     return {"suite_hash": spec_hash(spec), "checkpoint_sha256": sha,
-            "policy": policy, "execution": execution, "noise_seed": noise_seed}
+            "policy": policy, "execution": execution, "noise_seed": noise_seed, **(behaviour or {})}
 
 
 def suite_provenance(spec: SuiteSpec) -> dict:

@@ -47,7 +47,7 @@ class AblationOptions:
     reports: str = "reports"
     include_path: tuple = ()
     datasets: dict = field(default_factory=dict)   # demo count -> dataset folder (default: cached demos)
-    solo_latency: bool = True
+    time_alone: bool = True
     progress: bool = False
 
 
@@ -189,7 +189,7 @@ def run_ablation(o: AblationOptions, ro=None) -> dict:
     summary = run_cells(cells, o.root, ro, done)
     print(f"[ablation] {summary.line()}", flush=True)
     failed = [(label, err) for label, err in summary.failed] + [(label, f"not run: {err}") for label, err in summary.blocked]
-    if o.solo_latency:
+    if o.time_alone:
         eval_keys = [k for k in expected if not k.is_train and k.opt_level != "reference"]
         t1 = time.perf_counter()
         n = time_alone(o.root, eval_keys, reg)
@@ -243,7 +243,7 @@ def options_from_args(args) -> AblationOptions:
                            demos=args.demos, demo_counts=counts, steps=args.steps, episodes=args.episodes,
                            workers=args.workers, envs_per_worker=args.envs_per_worker, max_batch=args.max_batch,
                            root=args.root, reports=args.reports,
-                           include_path=tuple(args.include_path), solo_latency=not args.no_solo_latency)
+                           include_path=tuple(args.include_path), time_alone=not args.no_solo_latency)
 
 
 def main(args) -> int:

@@ -1,7 +1,8 @@
 """`wam-bench run` (= `make run`): the grid, as Ray tasks (harness/grid.py).
 
 demos (cached) -> train every variant × suite × seed -> evaluate each at its levels, plus the
-scripted-expert and random reference rows -> report. Train and eval cells are Ray tasks with
+scripted-expert and random reference rows -> time each eval cell's policy alone (the report's
+latency, like for like; `harness/eval/cell.py` `time_alone`) -> report. Train and eval cells are Ray tasks with
 declared CPUs/GPUs and retries (a local Ray by default, `--address` for a cluster); every cell
 lives in the results store, so a re-run (even after the driver was killed) skips what is finished
 and resumes what is not. A failed cell is recorded with its traceback and the command exits 1.

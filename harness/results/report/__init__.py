@@ -34,8 +34,9 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
     from harness.results.report.collect import collect
     from harness.results.report.html import write_html
     from harness.results.report.rows import (ABLATION_CAPTION, LADDER_COLS, LATENCY_NOTE, PER_TASK_CAPTION, PER_TASK_COLS,
-                                             ablation_grid, ablation_rows, ladder_caption, ladder_grid,
-                                             ladder_rows, per_task_grid, per_task_rows)
+                                             TRAINING_CAPTION, TRAINING_COLS, ablation_grid, ablation_rows,
+                                             ladder_caption, ladder_grid, ladder_rows, per_task_grid, per_task_rows,
+                                             training_grid)
     from harness.results.tables import latex, markdown, write_csv
 
     store = Store(store_root)
@@ -95,7 +96,8 @@ def write_report(store_root: str | Path, experiment: str, out_root: str | Path =
         drawn[title] = (r, None) if r.endswith(".png") else (None, r)
     tables = {"Ablation (variant × suite)": (header, body, acaption),
               "Optimization ladder (variant × level)": (LADDER_COLS, lbody, lcaption),
-              "Per task (headline level)": (PER_TASK_COLS, tbody, PER_TASK_CAPTION)}
+              "Per task (headline level)": (PER_TASK_COLS, tbody, PER_TASK_CAPTION),
+              "Training": (TRAINING_COLS, training_grid(col), TRAINING_CAPTION)}
     # robustness (clean vs LIBERO-PRO perturbed, harness/results/robustness.py), shown when it has rows
     from harness.results import robustness
     rob = robustness.section(col, out)

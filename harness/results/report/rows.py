@@ -184,3 +184,20 @@ def ladder_caption() -> str:
             f"same base ({base}: its baseline already reuses the K/V cache), beside {PAPER_LADDER_LAYOUT}-layout "
             "rows only; its CFG-parallelism step (2 GPUs) has no level here, and its later steps include it as "
             "ours include O2's batched CFG.")
+
+
+TRAINING_COLS = ["variant", "suite", "seed", "steps", "final loss", "samples/s", "wall s"]
+TRAINING_CAPTION = "Training cells: steps run (the variant's recipe unless --steps set them), last loss, throughput."
+
+
+def training_grid(col: Collected) -> list[list[str]]:
+    """One row per train cell, from its train.json (absent while it runs)."""
+    import json
+    body = []
+    for c, _ in sorted(col.train, key=lambda t: (variant_order(t[0].key.variant), t[0].key.suite, t[0].key.seed)):
+        f = c.path / "train.json"
+        info = json.loads(f.read_text()) if f.exists() else {}
+        body.append([c.key.variant, c.key.suite, str(c.key.seed), str(info.get("step", "—")),
+                     _num(info.get("final_loss"), 3) or "—", _num(info.get("samples_per_s"), 1) or "—",
+                     _num(info.get("wall_s"), 0) or "—"])
+    return body
