@@ -53,8 +53,9 @@ def write_html(col: Collected, out: Path, sections: dict) -> Path:
     parts.append(sections.get("findings", ""))  # Findings first (harness/results/findings.py)
     prov_rows, counts = _provenance_summary(col)
     if counts["commits"] > 1 or counts["machines"] > 1:
-        parts.append(f"<p class='note'>These results mix {counts['commits']} commits and "
-                     f"{counts['machines']} machines: latency comparisons across them are not like for like.</p>")
+        n, m = counts["commits"], counts["machines"]
+        parts.append(f"<p class='note'>These results mix {n} commit{'s' * (n != 1)} and {m} machine{'s' * (m != 1)}: "
+                     "latency comparisons across them are not like for like.</p>")
     parts.append("<h2>Missing, failed, too few episodes</h2>")
     problems = [f"missing: {m}" for m in col.missing] + col.notes
     parts.append("<ul>" + "".join(f"<li class='note'>{e(p)}</li>" for p in problems) + "</ul>"
