@@ -57,10 +57,23 @@ def check(level: OptLevelSpec, device: torch.device) -> None:
                         "use --device cpu or another level")
 
 
+RECOMPILE_LIMIT = 128
+
+
 def compile_mode(device: torch.device) -> str:
     """CUDA graphs on a GPU (`reduce-overhead`: one graph replay per call, no launch overhead);
     the default inductor mode on CPU, where there are no graphs to capture."""
     return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def compile_net(net: torch.nn.Module, mode: str = "default", backend: str = "inductor") -> torch.nn.Module:
+    """torch.compile with dynamic shapes and room for every graph the net needs. Once int8 Linears
+    split the net at each block, a block's forward is its own frame with a graph per (block,
+    prefill or denoise): dynamo's default of 8 per code object is passed as soon as a process holds
+    more than one such model (the latency bench holds six), and it would fall back to eager. The
+    set is bounded, and warm-up builds it before any timed call."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(net, dynamic=True, mode=mode, backend=backend)
 
 
 def quantize_int8(net: torch.nn.Module) -> torch.nn.Module:
@@ -85,7 +98,7 @@ def transform(model, level: OptLevelSpec) -> dict:
     mode = None
     if level.compile:
         mode = compile_mode(device)
-        model.net = torch.compile(model.net, dynamic=True, mode=mode)
+        model.net = compile_net(model.net, mode)
     return {"precision": level.precision, "compile": level.compile, "compile_mode": mode}
 
 
