@@ -415,3 +415,15 @@ def test_training_table_states_the_steps_each_cell_ran(real_run):
     assert "<h2>Training</h2>" in page
     assert (f"<td>fastwam</td><td>tabletop</td><td>0</td><td>6</td><td>{info['final_loss']:.3f}</td>"
             f"<td>{info['samples_per_s']:.1f}</td>") in page
+
+
+def test_page_says_when_results_mix_commits(report, tmp_path):
+    store, _ = report
+    shutil.copytree(store.root, tmp_path / "mixed")
+    mixed = Store(tmp_path / "mixed")
+    cell = mixed.cell(CellKey(EXP, "fastwam", "tabletop", 1, "O1-kvcache"))
+    res = cell.result()
+    res["provenance"]["git"]["commit"] = "b" * 40
+    cell.write_result(Result.from_dict(res))
+    page = write_report(mixed.root, EXP, tmp_path / "rep").read_text()
+    assert "These results mix 2 commits and 1 machine: latency comparisons" in page
