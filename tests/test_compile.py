@@ -37,24 +37,3 @@ def test_dreamzero_compiles_once_per_context_shape(level_name):
     assert counters["stats"]["unique_graphs"] == graphs  # later rounds reuse every graph
     assert not [r for r in counters["graph_break"] if "unflatten" in r or "generator" in r]
 
-
-@pytest.mark.slow
-def test_several_int8_compiled_models_in_one_process_stay_compiled(caplog):
-    """The latency bench holds several compiled int8 models at once: with `compile_net` no frame
-    reaches dynamo's recompile limit (which would silently fall back to eager)."""
-    import logging
-    from harness.bench.latency import _inputs, _random_model
-    from harness.config import Registry
-    from harness.policy.levels import compile_net, infer_options, quantize_int8
-    torch._dynamo.reset()
-    reg = Registry()
-    level = reg.opt_level("O6-flash")
-    opts = infer_options(level)
-    caplog.set_level(logging.WARNING)
-    for name in ("dreamzero", "dreamzero-flash", "dreamzero"):
-        model = _random_model(name, reg, 4, 4)
-        model.net = compile_net(quantize_int8(model.net), backend="eager")
-        lat, state, blocks = _inputs(model, np.zeros((64, 64, 3), np.uint8))
-        for n in range(len(blocks) + 1):
-            model.sample(lat, state, ["pick up the red cube"], opts, 0, blocks[:n])
-    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
