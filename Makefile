@@ -6,10 +6,11 @@ STAMP   := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-# The embedded default, sized for 15 min on 2 CPU cores (measured 15 min 55 s, demos included): every variant on the tiny backbone for 1000
-# steps (the knee of the learning curve, docs/learning_curve.md; the recipes' 2000 steps train better
-# and take twice as long), 5 evaluation episodes per task, four environments per eval cell inferred as
-# one batch (outcomes are batch-1's; the report's latencies are each policy timed alone after the run).
+# The embedded default, sized for 15 min on 2 CPU cores (measured 15 min 55 s, demos included): every
+# variant on the tiny backbone for 1000 steps (the knee of the learning curve, docs/learning_curve.md;
+# the recipes' 2000 steps train better and take twice as long), 5 evaluation episodes per task, four
+# environments per eval cell inferred as one batch (outcomes are batch-1's; the report's latencies
+# are each policy timed alone after the run).
 # `make run RUN_ARGS=` runs the recipes with the suite's 10 episodes per task, one at a time.
 RUN_ARGS ?= --steps 1000 --episodes 5 --envs-per-worker 4 --max-batch 4
 # The paired ablation behind the report's Findings (issue 17): six variants x 3 training seeds,
