@@ -36,6 +36,7 @@ class Group:
     statuses: list[str] = field(default_factory=list)
     episodes: list[dict] = field(default_factory=list)
     per_cell: list[list[dict]] = field(default_factory=list)  # the episodes cell by cell (warm-up is per cell)
+    solo: list[dict | None] = field(default_factory=list)      # each complete cell's latency timed alone
     layout: str | None = None          # the variant's token layout, from the cell's recorded config
     na_reason: str | None = None
     metrics: dict = field(default_factory=dict)
@@ -116,13 +117,11 @@ def _layout(result: dict | None, variant: str, registry: Registry) -> str | None
 
 
 def _alone(g: Group) -> dict | None:
-    """p50/p95 of the group's policies timed alone (`time_alone`), the median over its cells;
-    None unless every complete cell was: a mix would not be like for like."""
-    alone = [((c.result() or {}).get("extra") or {}).get("latency_solo") for c, st in zip(g.cells, g.statuses)
-             if st == "complete"]
-    if not alone or not all(a and a.get("p50") is not None for a in alone):
+    """p50/p95 of the group's policies timed alone (`time_alone`), the median over its complete
+    cells; None unless every one was: a mix would not be like for like."""
+    if not g.solo or not all(a and a.get("p50") is not None for a in g.solo):
         return None
-    return {q: float(np.median([a[q] for a in alone])) for q in ("p50", "p95")}
+    return {q: float(np.median([a[q] for a in g.solo])) for q in ("p50", "p95")}
 
 
 def collect(store: Store, experiment: str, expected: list[CellKey] | None = None,
@@ -142,6 +141,8 @@ def collect(store: Store, experiment: str, expected: list[CellKey] | None = None
             results.append(res)
         g.cells.append(c)
         g.statuses.append(c.status())
+        if g.statuses[-1] == "complete":
+            g.solo.append(((res or {}).get("extra") or {}).get("latency_solo"))
         g.na_reason = g.na_reason or na_reason(res)
         g.layout = g.layout or _layout(res, k.variant, reg)
         eps = c.episodes()
