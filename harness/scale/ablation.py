@@ -58,7 +58,8 @@ def demos_experiment(experiment: str, n: int) -> str:
 def grid_options(o: AblationOptions, experiment: str, demos: int) -> GridOptions:
     return GridOptions(experiment=experiment, variants=o.variants, suites=(o.train_suite,), seeds=o.seeds,
                        levels=(o.level,), demos=demos, steps=o.steps, episodes=o.episodes, workers=o.workers,
-                       envs_per_worker=o.envs_per_worker, max_batch=o.max_batch, root=o.root, reports=o.reports, include_path=o.include_path, progress=o.progress)
+                       envs_per_worker=o.envs_per_worker, max_batch=o.max_batch, root=o.root, reports=o.reports,
+                       include_path=o.include_path, progress=o.progress)
 
 
 def plan(o: AblationOptions, datasets: dict[int, str]) -> tuple[list, dict, list, dict]:
