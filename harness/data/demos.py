@@ -347,9 +347,9 @@ class _Run:
             for t, j in srcs:
                 with np.load(self._spill(t, j)) as z:
                     meta = json.loads(str(z["meta"]))
-                    held = np.arange(len(z["action"])) // self.stride  # each row's last rendered frame
+                    T = len(z["action"])
                     ep = Episode(task=meta["task"], state=z["state"], action=z["action"], extra=meta["extra"],
-                                 images={c: z[f"image.{c}"][held] for c in meta["cameras"]})
+                                 images={c: held(z[f"image.{c}"], T, self.stride) for c in meta["cameras"]})
                 self.writer.append(ep)
                 del ep
             self.writer.roll()
@@ -367,23 +367,29 @@ class _Run:
         self.commit_ready()
         bar = tqdm(total=self.episodes, initial=self.kept(), unit="ep", desc=f"demos {self.spec.name}",
                    disable=quiet, dynamic_ncols=True)
-        pool = None
+        # Task t always runs in process t % workers: a process then holds only its own tasks'
+        # simulators (a LIBERO environment is ~0.9 GB; ten tasks in every process took 9 GB each).
+        pools = []
         if workers > 1:
-            pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                       initargs=(forwarded(),))
+            pools = [ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker,
+                                         initargs=(forwarded(),)) for _ in range(workers)]
         pending: dict = {}  # future -> (task, attempt)
         try:
             while len(self.sources) < self.episodes:
-                for t, j in self.to_launch(workers - len(pending), workers):
+                busy = {t % workers for t, _ in pending.values()}
+                for t, j in self.to_launch(2 * workers, workers):
+                    if t % workers in busy:
+                        continue
+                    busy.add(t % workers)
                     self.running[t].add(j)
                     args = (self.spec, t, j, attempt_seed(self.seed, t, j), self.noise, self._spill(t, j), self.stride)
-                    pending[pool.submit(_attempt, *args) if pool else _Done(_attempt(*args))] = (t, j)
+                    pending[pools[t % workers].submit(_attempt, *args) if pools else _Done(_attempt(*args))] = (t, j)
                 if not pending:
                     self.commit_ready()
                     if len(self.sources) < self.episodes:
                         raise RuntimeError("demos: nothing to run and episodes missing (a scheduling bug)")
                     break
-                done = wait(list(pending), return_when=FIRST_COMPLETED)[0] if pool else list(pending)
+                done = wait(list(pending), return_when=FIRST_COMPLETED)[0] if pools else list(pending)
                 for fut in done:
                     t, j = pending.pop(fut)
                     kept_before = self.kept()
@@ -393,9 +399,9 @@ class _Run:
                 self.commit_ready()
         finally:
             bar.close()
-            if pool:
+            for pool in pools:
                 pool.shutdown(cancel_futures=True)
-            else:
+            if not pools:
                 _close_envs()
             self.writer.close()
 
@@ -419,7 +425,8 @@ def _init_worker(env_vars: dict) -> None:
         pass
 
 
-_ENVS: dict = {}  # per process: (suite hash, task) -> env, reused across attempts
+_ENVS: dict = {}  # per process: (suite hash, task) -> env, reused across attempts, least recently used first
+MAX_ENVS = int(os.environ.get("WAM_BENCH_DEMO_ENVS", "6"))  # simulators a process keeps (LIBERO: ~0.9 GB each)
 
 
 def _close_envs() -> None:
@@ -429,16 +436,17 @@ def _close_envs() -> None:
 
 def _attempt(spec: SuiteSpec, task: int, attempt: int, init_seed: int, noise: float | None, spill: Path,
              stride: int = 1) -> bool:
-    """One expert rollout from a fresh random init, rendering the cameras at steps 0, stride,
-    2*stride, ... (what is stored, at the spec's image size, through the evaluator's own
-    `observe`). A success is written to `spill` (atomically, the rendered frames only) before this
-    returns True."""
+    """One expert rollout from a fresh random init (`record_expert`). A success is written to
+    `spill` (atomically, the rendered frames only) before this returns True."""
     from harness.suites.base import make_env
 
     key = (spec_hash(spec), task)
-    env = _ENVS.get(key)
+    env = _ENVS.pop(key, None)
     if env is None:
-        env = _ENVS[key] = make_env(spec, task)
+        while len(_ENVS) >= max(MAX_ENVS, 1):
+            _ENVS.pop(next(iter(_ENVS))).close()
+        env = make_env(spec, task)
+    _ENVS[key] = env
     if noise is None:
         noise = DEFAULT_NOISE if hasattr(env, "expert_noise") else None
     elif not hasattr(env, "expert_noise"):
@@ -446,9 +454,29 @@ def _attempt(spec: SuiteSpec, task: int, attempt: int, init_seed: int, noise: fl
     if noise is not None:
         env.expert_noise = noise
     env.reset(None, init_seed)
-    images = {c: [] for c in spec.cameras}
+    rec = record_expert(env, stride)
+    if rec is None:
+        return False
+    states, actions, images = rec
+    extra = {"task_name": env.task.name, "init_seed": init_seed, "attempt": attempt, "steps": len(actions)}
+    if getattr(env, "start", None) is not None:
+        extra["start"] = env.start  # the start state, for replay through the evaluator's reset
+    meta = {"task": env.task.instruction, "cameras": list(spec.cameras), "extra": extra}
+    tmp = spill.with_name(spill.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, state=states, action=actions, meta=np.array(json.dumps(meta)),
+             **{f"image.{c}": v for c, v in images.items()})
+    os.replace(tmp, spill)
+    return True
+
+
+def record_expert(env, stride: int = 1) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """The scripted expert from the env's current state (just reset) until success or the suite's
+    max steps. A success gives (states (T, S), actions (T, A), {camera: the frames of steps 0,
+    stride, 2*stride, ... (ceil(T / stride), H, W, 3)}): the cameras are rendered only at those
+    steps, at the spec's image size, through the evaluator's own `observe`. A failure gives None."""
+    images = {c: [] for c in env.spec.cameras}
     states, actions = [], []
-    for k in range(spec.max_steps):
+    for k in range(env.spec.max_steps):
         obs = env.observe(render=k % stride == 0)
         try:
             action = np.asarray(env.expert_action(), dtype=np.float32)
@@ -460,13 +488,11 @@ def _attempt(spec: SuiteSpec, task: int, attempt: int, init_seed: int, noise: fl
         actions.append(action)
         env.step(action)
         if env.success():
-            extra = {"task_name": env.task.name, "init_seed": init_seed, "attempt": attempt, "steps": len(actions)}
-            if getattr(env, "start", None) is not None:
-                extra["start"] = env.start  # the start state, for replay through the evaluator's reset
-            meta = {"task": env.task.instruction, "cameras": list(spec.cameras), "extra": extra}
-            tmp = spill.with_name(spill.name + f".tmp{os.getpid()}.npz")
-            np.savez(tmp, state=np.asarray(states, np.float32), action=np.asarray(actions, np.float32),
-                     meta=np.array(json.dumps(meta)), **{f"image.{c}": np.asarray(v, np.uint8) for c, v in images.items()})
-            os.replace(tmp, spill)
-            return True
-    return False
+            return (np.asarray(states, np.float32), np.asarray(actions, np.float32),
+                    {c: np.asarray(v, np.uint8) for c, v in images.items()})
+    return None
+
+
+def held(frames: np.ndarray, steps: int, stride: int) -> np.ndarray:
+    """Frames rendered every `stride` steps -> one per step, each row holding the last rendered."""
+    return frames[np.arange(steps) // stride]
