@@ -25,7 +25,7 @@ ABLATION_ARGS ?= --experiment default --steps 1000 --seeds 0,1,2 --episodes 5 --
 # family at the protocol's init states -> the report with Findings (the co-training gap over three
 # seeds) and the robustness table. Sized for about two hours on 2 CPU cores; README "LIBERO".
 LIBERO_ARGS ?= --experiment libero --train-suite libero_object --eval-suites libero_object,libero_pro_object_swap \
-  --variants fastwam,fastwam-no-cotrain --seeds 0,1,2 --demos 300 --demo-image-size 128 --steps 4000 --episodes 3
+  --variants fastwam,fastwam-no-cotrain --seeds 0,1,2 --demos 300 --demo-image-size 128 --steps 3000 --episodes 2
 
 .PHONY: run ablation libero test test-slow bench bench-gpu setup sysdeps clean
 
