@@ -10,6 +10,7 @@ docs/harness_agreement.md has a run with a trained checkpoint and full-length ep
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from test_serve import random_checkpoint
@@ -24,7 +25,7 @@ SUITES = Path(__file__).resolve().parents[1] / "suites"
 # set its way; one camera (vla-eval renders both, but the policy reads agentview only)
 ALIGNED = {"include": str(SUITES / "libero_object.yaml"), "description": "libero_object, aligned with vla-eval",
            "episodes_per_task": 2, "max_steps": 20, "settle_steps": 2, "cameras": ["agentview"],
-           "options": {"binarize_gripper": True, "robosuite_camera_obs": True},
+           "options": {"binarize_gripper": True, "robosuite_camera_obs": True, "env_seed": 7},
            "tasks": [{"name": "pick_up_the_alphabet_soup_and_place_it_in_the_basket",
                       "instruction": "pick up the alphabet soup and place it in the basket", "options": {"task_id": 0}}]}
 
@@ -48,7 +49,7 @@ def test_libero_config_maps_our_protocol_and_names_what_it_cannot(aligned):
     assert (entry["episodes_per_task"], entry["max_steps"], entry["tasks"]) == (2, 20, [ALIGNED["tasks"][0]["instruction"]])
     assert entry["params"] == {"suite": "libero_object", "seed": 7, "num_steps_wait": 2, "quat_no_antipodal": True}
     _, unaligned = libero_config(Registry().suite("libero_object"), 60)   # the shipped suite, as it is
-    assert [u.split(":")[0] for u in unaligned] == ["gripper", "images", "episodes"]
+    assert [u.split(":")[0] for u in unaligned] == ["gripper", "images", "env seed", "episodes"]
     with pytest.raises(UserError, match="LIBERO's own suites"):
         libero_config(Registry().suite("tabletop"))
 
@@ -69,3 +70,37 @@ def test_our_evaluator_and_vla_evals_libero_agree_call_by_call(aligned, tmp_path
         assert r["first_difference"] is None and r["agree"], r
     assert doc["figures"]["agreement"] == doc["figures"]["identical_calls"] == 1.0
     assert doc["figures"]["unaligned_settings"] == 0
+
+
+def test_env_seed_resets_as_vla_evals_libero():
+    """With `env_seed` our environment's reset leaves the simulator exactly as vla-eval's LIBERO
+    benchmark leaves its own (state and the solver's warm start, which `set_init_state` keeps and
+    the reset's random placement sets), whatever the episode seed; without it the warm start
+    differs in the last bits, and long episodes part (docs/harness_agreement.md)."""
+    import dataclasses
+
+    from vla_eval.benchmarks.libero.benchmark import LIBEROBenchmark
+    from vla_eval.recording import NullEpisodeRecorder
+
+    from harness.suites.base import make_env
+    spec = Registry().suite("libero_object")
+    spec = dataclasses.replace(spec, cameras=["agentview"], settle_steps=3,
+                               options={**spec.options, "env_seed": 7, "robosuite_camera_obs": True})
+    ours = make_env(spec, 0)                      # seeded when made, as vla-eval's env
+    theirs = LIBEROBenchmark(suite="libero_object", seed=7, num_steps_wait=3)
+    theirs._recorder = NullEpisodeRecorder()      # what start_episode sets before its reset
+    try:
+        ours.reset(0, seed=12345)
+        sim = ours.inner.sim                      # a reset makes a new one (robosuite's hard reset)
+        mine = (sim.get_state().flatten(), sim.data.qacc_warmstart.copy())
+        theirs.reset({**theirs.get_tasks()[0], "episode_idx": 0})   # makes its env, seeds it, resets
+        other = theirs._env.env.sim
+        assert np.array_equal(mine[0], other.get_state().flatten())
+        assert np.array_equal(mine[1], other.data.qacc_warmstart)
+        ours.env_seed = None                      # the default: seeded per episode
+        ours.reset(0, seed=12345)
+        sim = ours.inner.sim                      # the same init state, another warm start
+        assert not np.array_equal(sim.data.qacc_warmstart, mine[1])
+    finally:
+        ours.close()
+        theirs.cleanup()

