@@ -566,3 +566,47 @@ def test_demos_for_two_object_tasks(tmp_path):
     assert all(e["steps"] > 0 and e["latency_ms"] for e in cell.episodes())
     prov = res["provenance"]["suite"]
     assert prov["robosuite"] and prov["mujoco"] and prov["assets_sha256"]
+
+
+# --------------------------------------------------------------------------- the composed frame, for real
+
+def test_live_observation_and_training_windows_compose_the_same_two_camera_frame(envs, tmp_path, monkeypatch):
+    """A live libero_object observation (agentview and wrist at the protocol's 256 px) stored as a
+    demonstration the way `wam-bench demos` stores one (its suite recorded): the frame training sees
+    and the frame the policy builds from the live observation are the same latents, agentview | wrist
+    side by side at the tiny preset's 32 px tiles."""
+    from PIL import Image
+    import torch
+    from harness.config import ResolvedVariant, override, resolve_variant, to_dict
+    from harness.model.wam import WorldActionModel
+    from harness.policy import checkpoint
+    from harness.policy.policy import build_policy
+    from harness.train import train
+    env = envs("libero_object")
+    env.reset(0, 0)
+    obs = env.observe(render=True)
+    assert sorted(obs.images) == ["agentview", "wrist"]
+    T = 3
+    ep = Episode(env.task.instruction, np.stack([obs.state] * T), np.zeros((T, 7), np.float32),
+                 {c: np.stack([img] * T) for c, img in obs.images.items()})
+    ds = write_dataset(tmp_path / "ds", [ep], fps=20, video=False,  # PNG: lossless, so frames compare exactly
+                       info_extra={"demos": {"suite": env.spec.name, "suite_spec": to_dict(env.spec)}})
+    tile = lambda img: np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BOX))  # noqa: E731
+    want = np.concatenate([tile(obs.images["agentview"]), tile(obs.images["wrist"])], axis=1)
+    assert not np.array_equal(want[:, :32], want[:, 32:])  # two different views: a swap would show
+
+    seen, original = [], WorldActionModel._loss
+    monkeypatch.setattr(WorldActionModel, "_loss", lambda self, b, g=None: (seen.append(b["frames"]), original(self, b, g))[1])
+    rv = resolve_variant("fastwam")
+    rv = ResolvedVariant(override(rv.variant, {"train.steps": 1, "train.batch_size": 2}), rv.backbone)
+    ckpt = train(rv, ds, tmp_path / "train", progress=False).checkpoint
+    monkeypatch.undo()
+    assert seen[0].shape[2:] == (32, 64, 3) and torch.equal(seen[0][0, 0], torch.from_numpy(want))
+    _, meta, _ = checkpoint.load(ckpt)
+    assert meta["cameras"] == ["agentview", "wrist"] and meta["suites"] == ["libero_object"]
+
+    policy = build_policy(ckpt, "O1-kvcache", device="cpu", suite=env.spec)
+    got, sample = [], policy.model.sample
+    policy.model.sample = lambda lat, *a, **k: (got.append(lat), sample(lat, *a, **k))[1]
+    policy.infer(obs, noise_seed=0)
+    assert torch.equal(got[0], policy.model.codec.encode(seen[0][:1, :1]))

@@ -13,7 +13,8 @@ import yaml
 from harness.config import ConfigError, Registry, SPECS, load_yaml
 from harness.errors import UserError
 from harness.suites import robotwin_record as rr
-from harness.suites.base import make_env, serve_keys
+from harness.suites.base import make_env, serve_keys, wire_cameras
+from harness.suites.robotwin import CAMERAS
 
 SUITES = ["robotwin2_clean", "robotwin2_randomized", "robotwin2_single_clean", "robotwin2_single_randomized"]
 
@@ -43,6 +44,9 @@ def _write_checkout(root, base: dict, protocols: dict) -> None:
             "episode_num": 50, "embodiment": ["aloha-agilex"], "eval_instruction": a["instruction_type"],
             "domain_randomization": a["domain_randomization"],
             "camera": {"head_camera_type": "D435", "wrist_camera_type": "D435"}}, sort_keys=False))
+    names = {n["robotwin"]: n["xpolicylab"][0] for n in CAMERAS.values()}
+    put("scripts/eval_policy_xpolicylab.py", f"import numpy as np\n\n\nCAMERA_NAME_MAP = {names!r}\n\n\n"
+        "def convert_vision(observation):\n    return {}\n")
     for t in tasks:
         put(f"envs/{t['name']}.py", "")
         put(f"description/task_instruction/{t['name']}.json", json.dumps({
@@ -67,6 +71,11 @@ def test_suite_files_are_what_the_generator_writes_from_robotwins_files(tmp_path
     limits.write_text(limits.read_text().replace("open_microwave: 1500", "open_microwave: 1400"))
     assert rr.read_record(rr.Checkout(tmp_path))["tasks"][17] == {**rec["tasks"][17], "step_limit": 1400}
     assert rr.main([str(tmp_path), "--check", "--out", str(SPECS / "suites")]) == 1
+    # a camera RoboTwin's eval renames for XPolicyLab stops the generator: the serving table must follow
+    script = tmp_path / "scripts/eval_policy_xpolicylab.py"
+    script.write_text(script.read_text().replace("'cam_left_wrist'", "'cam_left'"))
+    with pytest.raises(SystemExit, match=r"CAMERA_NAME_MAP .*'left_camera': 'cam_left'.* differs from harness/suites/robotwin.py"):
+        rr.read_record(rr.Checkout(tmp_path))
     (tmp_path / "description/task_instruction/turn_switch.json").unlink()
     with pytest.raises(SystemExit, match="no description/task_instruction/turn_switch.json"):
         rr.read_record(rr.Checkout(tmp_path))
@@ -83,6 +92,7 @@ def test_every_protocol_suite_holds_the_recorded_tasks_and_protocol():
         for t in s.tasks:
             assert (t.instruction, t.options) == recorded[t.name], (name, t.name)
         assert (s.adapter, s.action_dim, s.state_dim, s.cameras) == ("robotwin", 14, 14, ["head", "left_wrist", "right_wrist"])
+        assert s.compose == "robotwin"
         assert (s.episodes_per_task, s.init_states, s.options["seed_base"]) == (100, 100, 100000)
         assert s.max_steps == max(o["step_limit"] for _, o in recorded.values())
         assert s.options["robotwin_commit"] == "cf47ab5697c81c39f78522ba24102f789b6bce5e"
@@ -110,6 +120,30 @@ def test_the_record_agrees_with_vla_evals_robotwin():
     assert bench.get_metadata()["action_dim"] == s.action_dim
 
 
+def test_every_protocol_names_the_cameras_by_one_table():
+    """A checkpoint for a RoboTwin suite reads `head`, `left_wrist`, `right_wrist`, composed `robotwin`;
+    XPolicyLab's frames (as RoboTwin's eval names them), RoboTwin's observation (openpi's keys) and
+    vla-eval's RoboTwin images (its installed benchmark's own keys) all map onto them by
+    harness/suites/robotwin.py CAMERAS, which the suite file records."""
+    from vla_eval.benchmarks.robotwin.benchmark import RoboTwinBenchmark
+
+    from harness.eval.protocols.vla_eval import convention
+    from harness.model.frame import Frame
+    spec = Registry().suite("robotwin2_clean")
+    ours = ["head", "left_wrist", "right_wrist"]
+    assert list(CAMERAS) == spec.cameras == ours and spec.compose == "robotwin"
+    assert Frame.of_suite(spec, 32).tiles() == [("head", 0, 0, 32, 32), ("left_wrist", 32, 0, 16, 16),
+                                                ("right_wrist", 32, 16, 16, 16)]
+    robotwins = ["head_camera", "left_camera", "right_camera"]
+    assert spec.options["robotwin_cameras"] == dict(zip(ours, robotwins))
+    assert serve_keys(spec)["images"] == {f"observation/{r}/rgb": c for r, c in zip(robotwins, ours)}
+    xpl = wire_cameras(spec, "xpolicylab")
+    assert [xpl[k] for k in ("cam_head", "cam_left_wrist", "cam_right_wrist")] == ours
+    assert [xpl[k] for k in ("cam_high", "cam_hand_left", "cam_hand_right")] == ours   # XPolicyLab's DreamZero aliases
+    images = [k for k, d in RoboTwinBenchmark(task_name="adjust_bottle").get_observation_spec().items() if d.name == "image"]
+    assert convention(spec).images == dict(zip(robotwins, ours)) and sorted(images) == sorted(robotwins)
+
+
 def test_the_environment_refuses_to_start_here_with_one_line(tmp_path, capsys):
     from harness.cli import main
     spec = Registry().suite("robotwin2_clean")
@@ -132,6 +166,10 @@ def test_the_environment_refuses_to_start_here_with_one_line(tmp_path, capsys):
     ("tasks:\n  - {name: t, instruction: x, options: {step_limit: 9, seen: [a], unseen: [b], stepp: 1}}\n",
      r"task 't': unknown option\(s\) stepp"),
     ("tasks:\n  - {name: t, instruction: x, options: {step_limit: 9, seen: [a]}}\n", r"task 't': 'unseen' must list"),
+    ("cameras: [head, left_wrist, wrist]\n", r"camera\(s\) wrist are not RoboTwin's; its cameras are head, left_wrist"),
+    ("options: {robotwin_cameras: {left_wrist: right_camera, right_wrist: left_camera}}\n",
+     r"robotwin_cameras .* disagrees with harness/suites/robotwin.py CAMERAS"),
+    ("cameras: [head]\n", r"compose 'robotwin' puts a head camera above two wrist cameras"),
 ])
 def test_unknown_or_bad_keys_are_errors(tmp_path, edit, error):
     (tmp_path / "mine.yaml").write_text(f"include: {SPECS / 'suites' / 'robotwin2_clean.yaml'}\n{edit}")

@@ -341,7 +341,8 @@ def test_eval_server_writes_the_same_records_as_in_process(dz_ckpt, tmp_path):
 
 
 def test_client_keys_map_per_suite(dz_ckpt):
-    """LIBERO clients' keys (openpi's example) and tabletop's own; any image size is resized."""
+    """LIBERO clients' keys (openpi's example) and tabletop's own; an image of any size goes on as it came
+    (the policy's frame resizes each camera to its tile, as in training)."""
     from harness.config import Registry
     from harness.eval.protocols.openpi import to_observation
     from harness.eval.serving import Episode
@@ -354,10 +355,10 @@ def test_client_keys_map_per_suite(dz_ckpt):
     req = {"observation/image": np.full((224, 224, 3), 7, np.uint8), "observation/state": np.zeros(4, np.float32),
            "prompt": "push"}
     episode = Episode(load_policy(dz_ckpt), 0)
-    obs = to_observation(req, keys, ["front"], 64, 4, episode)
-    assert obs.images["front"].shape == (64, 64, 3) and (obs.images["front"] == 7).all() and obs.instruction == "push"
+    obs = to_observation(req, keys, ["front"], 4, episode)
+    assert obs.images["front"].shape == (224, 224, 3) and (obs.images["front"] == 7).all() and obs.instruction == "push"
     with pytest.raises(ValueError, match="expected 4 values"):
-        to_observation({**req, "observation/state": np.zeros(8, np.float32)}, keys, ["front"], 64, 4, episode)
+        to_observation({**req, "observation/state": np.zeros(8, np.float32)}, keys, ["front"], 4, episode)
 
 
 def test_make_installs_the_clients_or_fails():

@@ -4,8 +4,9 @@ written here from XPolicyLab's protocol with msgpack-numpy, the codec its client
 vla-eval's (our `PredictModelServer` under vla-eval's own `serve_background`, driven by vla-eval's
 own `Connection`, its specs checked by vla-eval's own `check_specs`).
 
-Checkpoints hold random weights (`random_checkpoint`); RoboTwin-shaped means 14-d joint state and
-actions and RoboTwin's three cameras (the checkpoint reads the head camera)."""
+Checkpoints hold random weights (`random_checkpoint`); the RoboTwin one is served for the recorded
+suite robotwin2_clean (14-d joint state and actions, three cameras; it reads the head camera). A
+trained checkpoint reading all three: tests/test_robotwin_route.py."""
 import asyncio
 import json
 import uuid
@@ -17,7 +18,6 @@ import msgpack_numpy
 import numpy as np
 import pytest
 import websockets
-import yaml
 from test_serve import random_checkpoint, start_server, stateless_history, stop
 
 from harness.config import Registry
@@ -26,30 +26,19 @@ from harness.eval.protocols import xpolicylab
 from harness.policy.policy import load_policy
 from harness.suites.base import Observation
 
-ROBOTWIN_SHAPED = {"name": "robotwin-shaped", "adapter": "robotwin",
-                   "description": "RoboTwin 2.0's shapes for the serve tests: three cameras, 14-d joints",
-                   "tasks": [{"name": "beat_block_hammer", "instruction": "beat the block with the hammer"}],
-                   "cameras": ["head_camera", "left_camera", "right_camera"], "image_size": 64,
-                   "action_dim": 14, "state_dim": 14}
-
-
 @pytest.fixture(scope="module")
 def robotwin(tmp_path_factory):
-    """(--include-path folder with the robotwin-shaped suite, a dreamzero checkpoint of that shape)."""
-    root = tmp_path_factory.mktemp("robotwin")
-    (root / "suites").mkdir()
-    (root / "suites" / "robotwin-shaped.yaml").write_text(yaml.safe_dump(ROBOTWIN_SHAPED))
-    return root, random_checkpoint(root / "dreamzero.safetensors", "dreamzero", action=14, state=14, camera="head_camera")
+    """A dreamzero checkpoint of RoboTwin's shapes (14-d state and actions) reading the head camera."""
+    return random_checkpoint(tmp_path_factory.mktemp("robotwin") / "dreamzero.safetensors", "dreamzero", action=14,
+                             state=14, camera="head")
 
 
 @pytest.fixture(scope="module")
 def xserver(robotwin, tmp_path_factory):
-    root, ckpt = robotwin
     log = tmp_path_factory.mktemp("xlog")
     record = log / "trials.jsonl"
-    proc, port = start_server(ckpt, log / "server.log", "--protocol", "xpolicylab", "--suite", "robotwin-shaped",
-                              "--max-batch", "4", "--max-wait-ms", "300", "--record", str(record),
-                              cli=["--include-path", str(root)])
+    proc, port = start_server(robotwin, log / "server.log", "--protocol", "xpolicylab", "--suite", "robotwin2_clean",
+                              "--max-batch", "4", "--max-wait-ms", "300", "--record", str(record))
     yield f"ws://127.0.0.1:{port}", record
     stop(proc)
 
@@ -149,7 +138,7 @@ def test_xpolicylab_eval_workers_get_14d_chunks_batched(xserver, robotwin):
     values), equal to the in-process policy under the stateless history; the workers' calls share
     batches; a heartbeat is answered mid-trial; each trial_end lands in the record file."""
     url, record = xserver
-    _, ckpt = robotwin
+    ckpt = robotwin
     calls = 3
 
     async def worker(w: int):
@@ -183,7 +172,7 @@ def test_xpolicylab_eval_workers_get_14d_chunks_batched(xserver, robotwin):
         for k, r in enumerate(replies):
             assert r["message_type"] == "infer_result" and r["step"] == k
             obs = aloha_obs(100 * w + k)
-            frames.append({"head_camera": obs["vision"]["cam_head"]["color"]})
+            frames.append({"head": obs["vision"]["cam_head"]["color"]})
             expect = pol.infer(Observation(frames[-1], packed_state(obs), obs["instruction"],
                                            stateless_history(frames, lf)), noise_seed=k)
             steps = r["payload"]["actions"]
@@ -317,8 +306,7 @@ def test_vla_eval_specs_match_its_benchmarks_and_others_are_refused(dz_tabletop,
     bench = LIBEROBenchmark(**lib.get_observation_params())
     assert check_specs(lib.get_action_spec(), bench.get_action_spec(), lib.get_observation_spec(),
                        bench.get_observation_spec()) == []
-    root, ckpt = robotwin
-    twin = WamBenchModelServer(load_policy(ckpt), Registry([str(root)]).suite("robotwin-shaped"), benchmark="robotwin")
+    twin = WamBenchModelServer(load_policy(robotwin), Registry().suite("robotwin2_clean"), benchmark="robotwin")
     bench = RoboTwinBenchmark(task_name="beat_block_hammer")
     assert check_specs(twin.get_action_spec(), bench.get_action_spec(), twin.get_observation_spec(),
                        bench.get_observation_spec()) == []
@@ -351,7 +339,7 @@ def test_vla_eval_specs_match_its_benchmarks_and_others_are_refused(dz_tabletop,
         with pytest.raises(UserError, match=f"--benchmark {benchmark}: this checkpoint produces suite {suite.name}'s"):
             WamBenchModelServer(policy, suite, benchmark=benchmark)
     with pytest.raises(UserError, match="checkpoint's actions have 7 values"):   # served with the wrong suite
-        WamBenchModelServer(load_policy(libero_ckpt), Registry([str(root)]).suite("robotwin-shaped"))
+        WamBenchModelServer(load_policy(libero_ckpt), Registry().suite("robotwin2_clean"))
     assert cli(["serve", "--protocol", "vla-eval", "--checkpoint", str(dz_tabletop), "--benchmark", "libero"]) == 2
     assert cli(["serve", "--checkpoint", str(dz_tabletop), "--benchmark", "libero"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -34,19 +34,21 @@ def _random_checkpoint(folder: Path, spec) -> Path:
     from harness.config import resolve_variant
     from harness.model.wam import WorldActionModel
     from harness.policy import checkpoint
+    from harness.model.frame import Frame
     rv = resolve_variant("fastwam")
     torch.manual_seed(0)
-    model = WorldActionModel(rv, spec.action_dim, spec.state_dim)
+    frame = Frame.of_suite(spec, rv.backbone.codec.image_size)  # the suite's cameras, composed
+    model = WorldActionModel(rv, spec.action_dim, spec.state_dim, frame_size=frame.shape)
     meta = {"config": rv.to_dict(), "config_hash": rv.hash, "stats": {}, "action_size": spec.action_dim,
-            "state_size": spec.state_dim, "camera": spec.cameras[0]}
+            "state_size": spec.state_dim, **frame.to_meta(), "suites": [spec.name]}
     return checkpoint.save(folder / "random-fastwam.safetensors", model, meta)
 
 
 class _Clients:
     """One call of each protocol's client -> (actions (H, D), the server's inference ms or None)."""
 
-    def __init__(self, protocol: str, url: str, camera: str):
-        self.protocol, self.url, self.camera = protocol, url, camera
+    def __init__(self, protocol: str, url: str, cameras: list[str]):
+        self.protocol, self.url, self.cameras = protocol, url, cameras
         if protocol == "openpi":
             from harness.eval.remote import RemotePolicy
             self.client = RemotePolicy(url)
@@ -65,7 +67,7 @@ class _Clients:
         if self.protocol == "xpolicylab":
             self.client.reset()
             t0 = time.perf_counter()
-            out = self.client.infer({"vision": {self.camera: {"color": obs.images[self.camera]}}, "state": obs.state,
+            out = self.client.infer({"vision": {c: {"color": obs.images[c]} for c in self.cameras}, "state": obs.state,
                                      "instruction": obs.instruction})
             return np.asarray(out["actions"]), out["policy_timing"]["infer_ms"], (time.perf_counter() - t0) * 1000
         raise ValueError(self.protocol)
@@ -74,11 +76,11 @@ class _Clients:
         self.client.close()
 
 
-def _vla_eval_calls(url: str, camera: str, obs, local, n: int):
+def _vla_eval_calls(url: str, cameras: list[str], obs, local, n: int):
     """vla-eval rounds (its client is async): per round, an in-process call then a served one."""
     import anyio
     from vla_eval.connection import Connection
-    sent = {"images": {camera: obs.images[camera]}, "state": obs.state, "task_description": obs.instruction}
+    sent = {"images": {c: obs.images[c] for c in cameras}, "state": obs.state, "task_description": obs.instruction}
     rows = []
 
     async def rounds():
@@ -127,12 +129,13 @@ def measure(args) -> dict:
     spec = reg.suite(args.suite or "tabletop")
     tmp = tempfile.TemporaryDirectory()
     ckpt = Path(args.checkpoint) if args.checkpoint else _random_checkpoint(Path(tmp.name), spec)
-    local = build_policy(ckpt, "O1-kvcache", registry=reg, device="cpu")
+    local = build_policy(ckpt, "O1-kvcache", registry=reg, device="cpu", suite=spec)
     env = make_env(spec, 0)
     env.reset(0, 0)
     obs = env.observe(render=True)
     env.close()
-    obs.images = {local.camera: obs.images[local.camera]}
+    cameras = list(local.cameras)
+    obs.images = {c: obs.images[c] for c in cameras}
     inc = [a for p in (getattr(args, "include_path", None) or []) for a in ("--include-path", str(p))]
     threads = str(torch.get_num_threads())  # the server gets the same torch threads as the in-process side
     n = 10 if args.quick else 40
@@ -142,9 +145,9 @@ def measure(args) -> dict:
             proc, url = _serve(ckpt, spec, protocol, threads, inc, Path(tmp.name))
             try:
                 if protocol == "vla-eval":
-                    got = _vla_eval_calls(url, local.camera, obs, local, n + 2)
+                    got = _vla_eval_calls(url, cameras, obs, local, n + 2)
                 else:
-                    client, got = _Clients(protocol, url, local.camera), []
+                    client, got = _Clients(protocol, url, cameras), []
                     for _ in range(n + 2):
                         a, dl = _local(local, obs)
                         b, server_ms, dr = client.call(obs)

@@ -15,6 +15,7 @@ tests/test_lerobot_io.py proves the real `LeRobotDataset` reads what we write an
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -550,3 +551,30 @@ def open_dataset(root, *, camera_map: dict[str, str] | None = None) -> LeRobotDa
         raise UserError(f"dataset {root}: not a LeRobot dataset (no meta/info.json); "
                         "write one with `wam-bench demos --suite tabletop`")
     return LeRobotData(root, camera_map)
+
+
+def dataset_hash(root) -> str:
+    """A content hash of a dataset folder, fast on a 5 GB one: the bytes of every meta/ file (info,
+    stats, tasks, the episode index) and the relative name and size of every data/ and videos/ file
+    (their frames are not read). Equal datasets, equal hash, wherever they lie; the window cache
+    and hidden (temporary) files beside them are not part of it."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for sub, content in (("meta", True), ("data", False), ("videos", False)):
+        for f in sorted(p for p in (root / sub).rglob("*")
+                        if p.is_file() and not any(x.startswith(".") for x in p.relative_to(root).parts)):
+            rel = f.relative_to(root).as_posix().encode()
+            h.update(rel + b"\0" + (f.read_bytes() if content else str(f.stat().st_size).encode()) + b"\0")
+    return h.hexdigest()
+
+
+def dataset_identity(datasets) -> list[dict]:
+    """Which demonstrations a training saw: one {"path", "sha256"} per dataset, in the order given
+    (a folder or a list of them). Trainings compare by hash (`same_data`); the path is for a reader."""
+    roots = [datasets] if isinstance(datasets, (str, os.PathLike)) else list(datasets)
+    return [{"path": str(Path(r).resolve()), "sha256": dataset_hash(r)} for r in roots]
+
+
+def same_data(a: list[dict] | None, b: list[dict] | None) -> bool:
+    """Whether two `dataset_identity` lists name the same data (by content, not by path)."""
+    return a is not None and b is not None and [d["sha256"] for d in a] == [d["sha256"] for d in b]

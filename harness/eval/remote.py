@@ -59,7 +59,8 @@ class RemotePolicy:
             raise UserError(f"--server {url}: not a wam-bench server (metadata {sorted(m)}); `eval --server` needs "
                             "the variant, level and keys that `wam-bench serve` announces")
         self._idle.append(first)
-        self.variant, self.level, self.camera = m["variant"], m["level"], m["camera"]
+        self.variant, self.level = m["variant"], m["level"]
+        self.cameras = list(m.get("cameras") or [m["camera"]])   # the served policy's frame, in order
         self.procedure, self.keys = m["procedure"], m["keys"]
         self.action_horizon, self.frame_stride = m["action_horizon"], m["frame_stride"]
         self.needs_history = m["needs_history"]
@@ -91,7 +92,7 @@ class RemotePolicy:
         """The request of one call: the policy's cameras, state, prompt, this call's seed and, for a
         history-keeping policy, the frames since its last call (even none: the server then knows
         this client is not stateless)."""
-        cams = self.metadata.get("cameras", [self.camera])
+        cams = self.cameras
         req = {k: obs.images[cam] for k, cam in self.keys["images"].items() if cam in cams and cam in obs.images}
         req.update({self.keys["state"]: np.asarray(obs.state, np.float32), self.keys["prompt"]: obs.instruction,
                     "wam/noise_seed": seed})

@@ -63,12 +63,7 @@ def main(args) -> int:
         except ImportError as e:
             raise UserError(f"--protocol vla-eval needs vla-eval ({e}); install the interop extra: "
                             "pip install 'wam-bench[interop]'") from None
-    policy = build_policy(args.checkpoint, args.level, registry=reg, device=args.device)
-    sizes = [(what, policy.meta.get(f"{what}_size"), getattr(spec, f"{what}_dim")) for what in ("action", "state")]
-    bad = [f"{what} {have} vs {want}" for what, have, want in sizes if have is not None and have != want]
-    if bad:
-        raise UserError(f"--suite {spec.name} does not fit the checkpoint ({', '.join(bad)}: checkpoint vs suite); "
-                        "serve it with the suite it was trained on")
+    policy = build_policy(args.checkpoint, args.level, registry=reg, device=args.device, suite=spec)
     noise = None if args.noise_seed < 0 else args.noise_seed
     note = []
 

@@ -34,24 +34,30 @@ from harness.suites.base import Observation
 
 
 def needed_cameras(policy) -> list[str]:
-    """The cameras a policy reads from `Observation.images` (a request must bring each)."""
-    return list(getattr(policy, "cameras", None) or [policy.camera])
+    """The cameras a policy reads from `Observation.images` (a request must bring each; the
+    policy composes them into its frame)."""
+    return list(policy.cameras)
 
 
-def as_image(value, key: str, size: int) -> np.ndarray:
-    """A client's image -> (size, size, 3) uint8: CHW is transposed, floats in [0, 1] scaled, any
-    other size resized (bilinear). `key` names the request field in the error."""
+def as_image(value, key: str) -> np.ndarray:
+    """A client's image -> (H, W, 3) uint8 at the size it came: CHW is transposed, floats in [0, 1]
+    scaled. It is not resized here: the policy's `Frame` resizes each camera to its tile, the one
+    resampling a training frame also gets (resizing here first would resample twice). `key` names the
+    request field in the error."""
     img = np.asarray(value)
     if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
         img = img.transpose(1, 2, 0)                     # CHW -> HWC
-    if img.ndim != 3 or img.shape[-1] != 3:
+    if img.ndim != 3 or img.shape[-1] != 3 or min(img.shape[:2]) < 1:
         raise ValueError(f"request key '{key}': expected an (H, W, 3) image, got shape {img.shape}")
     if img.dtype != np.uint8:
         img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8) if img.dtype.kind == "f" else img.astype(np.uint8)
-    if img.shape[:2] != (size, size):
-        from PIL import Image
-        img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
     return np.ascontiguousarray(img)
+
+
+def executed(policy, spec) -> int:
+    """How many actions of a chunk a client executes before it observes again: the suite's
+    `action_horizon`, else the policy's, never more than the chunk holds (as the evaluator runs it)."""
+    return min(spec.action_horizon or policy.action_horizon, policy.chunk.actions)
 
 
 def as_state(value, key: str, state_dim: int) -> np.ndarray:
@@ -260,8 +266,8 @@ def metadata(policy, spec, checkpoint_sha256: str | None, max_batch: int, **extr
     """What the server announces (openpi's metadata frame, XPolicyLab's hello_ack): what an eval
     cell records (`config`: the same cell config as in-process) and what a client must send."""
     return {"server": "wam-bench", "variant": policy.variant, "level": policy.level, "suite": spec.name,
-            "procedure": policy.procedure, "camera": policy.camera, "cameras": needed_cameras(policy),
+            "procedure": policy.procedure, "cameras": needed_cameras(policy), "compose": policy.frame.compose,
             "action_dim": spec.action_dim, "state_dim": spec.state_dim, "image_size": spec.image_size,
-            "action_horizon": spec.action_horizon or policy.action_horizon, "chunk_actions": policy.chunk.actions,
+            "action_horizon": executed(policy, spec), "chunk_actions": policy.chunk.actions,
             "frame_stride": policy.frame_stride, "needs_history": policy.needs_history,
             "checkpoint_sha256": checkpoint_sha256, "max_batch": max_batch, "config": policy.config, **extra}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.results.contrasts import CONTRASTS, Contrast, Estimate, contrast_estimate, outcomes_from_episodes, variant_estimate
-from harness.results.store import REFERENCE_VARIANTS, Store
+from harness.results.store import JOINT, REFERENCE_VARIANTS, Store
 
 LIBERO = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 METRICS = ("success", "progress")
@@ -369,7 +369,7 @@ def data_efficiency(store_root, experiment: str) -> dict[str, list[tuple[int, Es
         level = _level(store, exp)
         design = json.loads((store.root / exp / DESIGN_FILE).read_text())
         for suite, by_metric in outcomes(store, exp, level).items():
-            if suite != design.get("train_suite"):
+            if suite not in str(design.get("train_suite")).split(JOINT):  # one suite, or a joint training's
                 continue
             for v in sorted(by_metric["success"]):
                 est = variant_estimate(by_metric["success"], v)

@@ -515,8 +515,10 @@ def import_results(tool: str, paths: list, *, experiment: str, variant: str, sui
     source = {"imported_from": tool, "files": sorted(files.values()), "suite_hash": spec_hash(spec)}
     if cell.claim(source):
         say(f"{cell.path}: held other episodes than these files'; replaced")
+    held = cell.done_ids()   # the same files imported again: their episodes are there already
     for rec in records:
-        cell.append_episode(rec)
+        if rec["episode_id"] not in held:
+            cell.append_episode(rec)
     eps = cell.episodes()
     cfg = {"suite": to_dict(spec), "imported": {"tool": tool, "protocol": shared}}
     result = Result(experiment=experiment, variant=variant, suite=spec.name, seed=seed, opt_level=level,

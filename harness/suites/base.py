@@ -41,6 +41,9 @@ class SuiteEnv(abc.ABC):
     # How a remote client's request maps onto an Observation (`wam-bench serve`): client key ->
     # camera for images, the state key, the prompt key. None: `serve_keys` derives one.
     SERVE_KEYS: dict | None = None
+    # A wire format's own names for the suite's cameras: {wire: {its name: the suite's camera}}
+    # (RoboTwin's: harness/suites/robotwin.py CAMERAS). A format not listed names them as the suite does.
+    WIRE_CAMERAS: dict[str, dict[str, str]] = {}
 
     @classmethod
     def unavailable(cls, spec: SuiteSpec) -> str | None:
@@ -120,3 +123,9 @@ def serve_keys(spec: SuiteSpec) -> dict:
         keys = {"images": {("observation/image" if i == 0 else f"observation/{c}"): c for i, c in enumerate(cams)},
                 "state": "observation/state", "prompt": "prompt"}
     return keys
+
+
+def wire_cameras(spec: SuiteSpec, wire: str) -> dict[str, str]:
+    """{a camera's name in wire format `wire`: the suite's camera}; a camera's own name always maps to itself."""
+    named = getattr(adapter_class(spec), "WIRE_CAMERAS", {}).get(wire, {})  # a user's 'module:Class' may lack it
+    return {**named, **{c: c for c in spec.cameras}}

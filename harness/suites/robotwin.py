@@ -5,14 +5,45 @@ makes no environment: asking for one (`wam-bench eval`, `demos`) stops with one 
 evaluate instead (docs/robotwin.md): RoboTwin's own eval drives `wam-bench serve --protocol
 xpolicylab`, or vla-eval's RoboTwin benchmark drives `wam-bench serve --protocol vla-eval`, and
 `wam-bench import-results` brings their result files into the store. What the adapter does hold:
-the suite's options checked (a typo is an error, as everywhere), and the keys of RoboTwin's
-observation for serving. The suite files are written by `harness.suites.robotwin_record`.
+the suite's options checked (a typo is an error, as everywhere), and the names each client gives
+RoboTwin's cameras (`CAMERAS`). The suite files are written by `harness.suites.robotwin_record`.
+
+Camera names. A RoboTwin checkpoint's frame names the suite's cameras, `head`, `left_wrist` and
+`right_wrist` (composed `robotwin`: the head above the two wrists), and every wire format names
+them its own way: RoboTwin's observation and vla-eval's RoboTwin benchmark `head_camera`,
+`left_camera`, `right_camera`; XPolicyLab's frames (RoboTwin's official eval) `cam_head`,
+`cam_left_wrist`, `cam_right_wrist`; Fast-WAM's dataset `cam_high`, ... No one wire format's names
+would spare the others a mapping, so the checkpoint keeps the suite's role names (as LIBERO's
+`agentview` and `wrist`) and `CAMERAS` is the one table from each format's names to them, which
+every protocol of `wam-bench serve` reads (`SuiteEnv.WIRE_CAMERAS`): a checkpoint trained for a
+RoboTwin suite is served for it by each protocol with nothing renamed by hand.
 """
 from __future__ import annotations
 
 from harness.config import ConfigError, SuiteSpec
 from harness.errors import UserError
 from harness.suites.base import SuiteEnv
+
+# The one table of RoboTwin's camera names: the suite's camera -> its name in each wire format.
+#   robotwin     RoboTwin's own observation (task_env.get_obs()["observation"][name]), which vla-eval's
+#                RoboTwin benchmark sends as images[name];
+#   xpolicylab   XPolicyLab's frames (vision[name]) as RoboTwin's eval sends them (scripts/
+#                eval_policy_xpolicylab.py, CAMERA_NAME_MAP: `robotwin_record` checks it against this),
+#                then the aliases XPolicyLab's DreamZero plug-in accepts (policy/DreamZero/model.py).
+CAMERAS = {
+    "head": {"robotwin": "head_camera", "xpolicylab": ("cam_head", "cam_high")},
+    "left_wrist": {"robotwin": "left_camera", "xpolicylab": ("cam_left_wrist", "cam_hand_left")},
+    "right_wrist": {"robotwin": "right_camera", "xpolicylab": ("cam_right_wrist", "cam_hand_right")},
+}
+
+
+def wire_names(wire: str) -> dict[str, str]:
+    """{a camera's name in wire format `wire` ("robotwin" | "xpolicylab"): the suite's camera}."""
+    out = {}
+    for cam, names in CAMERAS.items():
+        for name in (names[wire],) if isinstance(names[wire], str) else names[wire]:
+            out[name] = cam
+    return out
 
 # suite options (base and protocol files); all are records of RoboTwin's protocol, none is a switch here
 OPTIONS = {"robotwin_repo", "robotwin_commit", "embodiment", "robotwin_cameras", "camera_type", "camera_hw",
@@ -39,6 +70,14 @@ def check(spec: SuiteSpec) -> None:
     if opts["instruction_type"] not in INSTRUCTION_TYPES:
         raise ConfigError(f"{where}: instruction_type '{opts['instruction_type']}' is not one of "
                           f"{' | '.join(INSTRUCTION_TYPES)}")
+    unknown = [c for c in spec.cameras if c not in CAMERAS]
+    if unknown:
+        raise ConfigError(f"{where}: camera(s) {', '.join(unknown)} are not RoboTwin's; its cameras are "
+                          f"{', '.join(CAMERAS)} (RoboTwin's {', '.join(c['robotwin'] for c in CAMERAS.values())})")
+    named = opts.get("robotwin_cameras")
+    if named is not None and named != {c: CAMERAS[c]["robotwin"] for c in named if c in CAMERAS}:
+        raise ConfigError(f"{where}: robotwin_cameras {named} is a record of RoboTwin's camera names and disagrees "
+                          f"with harness/suites/robotwin.py CAMERAS; rename cameras there, not in a suite file")
     if not spec.tasks:
         raise ConfigError(f"{where}: no tasks")
     for t in spec.tasks:
@@ -60,16 +99,15 @@ def check(spec: SuiteSpec) -> None:
 class RoboTwinEnv(SuiteEnv):
     """Never constructed: `unavailable` says why and what to do instead."""
 
-    # RoboTwin's own observation (task_env.get_obs()), nested keys joined by "/": the three cameras'
-    # RGB and joint_action.vector (left arm 6, left gripper 1, right arm 6, right gripper 1), the
-    # prompt being the episode's instruction. XPolicyLab's frames carry the same under other names
-    # (RoboTwin's scripts/eval_policy_xpolicylab.py): vision/cam_head|cam_left_wrist|cam_right_wrist/color
-    # and the state split into left_arm_joint_state, left_ee_joint_state, right_arm_joint_state,
-    # right_ee_joint_state (concatenated in that order: the vector); vla-eval's RoboTwin benchmark
-    # sends images/head_camera|left_camera|right_camera, joint_state and task_description.
-    SERVE_KEYS = {"images": {"observation/head_camera/rgb": "head", "observation/left_camera/rgb": "left_wrist",
-                             "observation/right_camera/rgb": "right_wrist"},
+    # RoboTwin's own observation (task_env.get_obs()), nested keys joined by "/": each camera's RGB,
+    # joint_action.vector (left arm 6, left gripper 1, right arm 6, right gripper 1), the prompt being
+    # the episode's instruction. XPolicyLab's frames carry the same as vision/<its camera>/color and the
+    # state split into left_arm_joint_state, left_ee_joint_state, right_arm_joint_state,
+    # right_ee_joint_state (concatenated in that order: the vector); vla-eval's RoboTwin benchmark sends
+    # images/<RoboTwin's camera>, joint_state and task_description. Cameras by `CAMERAS`, all three.
+    SERVE_KEYS = {"images": {f"observation/{names['robotwin']}/rgb": cam for cam, names in CAMERAS.items()},
                   "state": "joint_action/vector", "prompt": "instruction"}
+    WIRE_CAMERAS = {wire: wire_names(wire) for wire in ("robotwin", "xpolicylab")}
 
     @classmethod
     def unavailable(cls, spec: SuiteSpec) -> str:

@@ -29,6 +29,9 @@ What each value is read from (paths in the RoboTwin checkout):
 - instruction type, domain randomization, cameras, demonstrations: `env_cfg/task_config/demo_clean.yml`
   and `demo_randomized.yml` (`eval_instruction`, `domain_randomization`, `camera`, `episode_num`),
   camera resolutions from `_camera_config.yml`, arm and gripper sizes from `env_cfg/robot/_robot_info.json`;
+- the cameras' names in XPolicyLab's frames: `scripts/eval_policy_xpolicylab.py` (`CAMERA_NAME_MAP`),
+  which must agree with harness/suites/robotwin.py `CAMERAS` (the table every `wam-bench serve`
+  protocol maps cameras by; a renamed camera stops the generator with one line);
 - seeds and episodes: `eval_policy_xpolicylab.py` (`st_seed = 100000 * (1 + seed)`, `test_num` 100,
   `expert_check` true: a seed is kept only when `play_once` (the scripted expert) plans and
   `check_success` holds; an `UnStableError` or any exception skips it; episode e is the e-th kept seed).
@@ -45,6 +48,7 @@ The YAMLs are committed; rerun this on a newer checkout to update them (it says 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
@@ -53,13 +57,13 @@ from pathlib import Path
 import yaml
 
 from harness.config import SPECS
+from harness.suites.robotwin import CAMERAS
 
 SUITES = SPECS / "suites"
 BASE = "_robotwin_tasks"
 REPO = "RoboTwin-Platform/RoboTwin"
 FASTWAM_REPO = "yuantianyuan01/FastWAM"
 FASTWAM_COMMIT = "45d8e1458921d83f8ad6cf9ce993d371208dabd0"
-CAMERAS = {"head": "head_camera", "left_wrist": "left_camera", "right_wrist": "right_camera"}  # ours -> RoboTwin's
 
 
 class Checkout:
@@ -119,10 +123,24 @@ def read_record(co: Checkout) -> dict:
         if cfg["camera"]["head_camera_type"] != cfg["camera"]["wrist_camera_type"]:
             raise SystemExit(f"{c}.yml: head and wrist cameras differ; the suites record one resolution")
     cam = cams[configs["demo_clean"]["camera"]["head_camera_type"]]
+    xpl = xpolicylab_cameras(co)
+    ours = {names["robotwin"]: names["xpolicylab"][0] for names in CAMERAS.values()}
+    if xpl != ours:
+        raise SystemExit(f"scripts/eval_policy_xpolicylab.py: CAMERA_NAME_MAP {xpl} differs from harness/suites/"
+                         f"robotwin.py CAMERAS {ours}; update that table (every protocol maps cameras by it)")
     return {"commit": co.commit, "date": co.date, "tasks": out, "configs": configs,
             "camera": {"type": configs["demo_clean"]["camera"]["head_camera_type"], "hw": [cam["h"], cam["w"]],
                        "fovy": cam["fovy"]},
-            "arm_dim": robot["arm_dim"], "ee_dim": robot["ee_dim"]}
+            "arm_dim": robot["arm_dim"], "ee_dim": robot["ee_dim"], "xpolicylab_cameras": xpl}
+
+
+def xpolicylab_cameras(co: Checkout) -> dict:
+    """RoboTwin's camera name -> XPolicyLab's, as RoboTwin's eval sends them (its CAMERA_NAME_MAP, a literal)."""
+    rel = "scripts/eval_policy_xpolicylab.py"
+    for node in ast.parse(co.read(rel)).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["CAMERA_NAME_MAP"]:
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"{co.path}: {rel} has no CAMERA_NAME_MAP; is this RoboTwin 2.0 with XPolicyLab's eval (2026-08)?")
 
 
 def _q(s: str) -> str:
@@ -134,6 +152,7 @@ def render_base(rec: dict) -> str:
     dim = sum(arm) + sum(ee)
     h, w = rec["camera"]["hw"]
     limits = [t["step_limit"] for t in rec["tasks"]]
+    rw = [names["robotwin"] for names in CAMERAS.values()]
     layout = f"left arm joints ({arm[0]}), left gripper ({ee[0]}), right arm joints ({arm[1]}), right gripper ({ee[1]})"
     lines = [
         "# RoboTwin 2.0's tasks, embodiment, cameras and seed protocol, as its repository records them: the base",
@@ -156,9 +175,14 @@ def render_base(rec: dict) -> str:
         "# 1/250 s); its eval has no clock, it steps one action per take_action (XPolicyLab frames report `frequency` 30).",
         "control_hz: 15",
         "settle_steps: 0",
-        "# Head, left wrist, right wrist (RoboTwin's head_camera, left_camera, right_camera), in that order;",
+        f"# Head, left wrist, right wrist, in that order: RoboTwin's {', '.join(rw)}, which its eval sends",
+        f"# XPolicyLab as {', '.join(rec['xpolicylab_cameras'][n] for n in rw)} (every protocol of `wam-bench serve` maps",
+        "# a client's names to these by harness/suites/robotwin.py CAMERAS, the one table of them);",
         f"# each {rec['camera']['type']}: {h} high x {w} wide (options.camera_hw), fovy {rec['camera']['fovy']} degrees.",
-        "cameras: [head, left_wrist, right_wrist]",
+        f"cameras: [{', '.join(CAMERAS)}]",
+        "# One video frame as Fast-WAM's RoboTwin data composes them: the head on top, the two wrists side by",
+        "# side below it at half size (harness/model/frame.py).",
+        "compose: robotwin",
         f"# The frames' width; they are not square ({h} x {w}), and nothing in wam-bench renders them.",
         f"image_size: {w}",
         f"# Joint-position (qpos) targets, {dim}-d: {layout};",
@@ -171,7 +195,7 @@ def render_base(rec: dict) -> str:
         f"  robotwin_repo: {REPO}",
         f"  robotwin_commit: {rec['commit']}",
         "  embodiment: aloha-agilex",
-        f"  robotwin_cameras: {{{', '.join(f'{k}: {v}' for k, v in CAMERAS.items())}}}",
+        f"  robotwin_cameras: {{{', '.join(f'{k}: {v}' for k, v in zip(CAMERAS, rw))}}}",
         f"  camera_type: {rec['camera']['type']}",
         f"  camera_hw: [{h}, {w}]",
         "  action_type: qpos",

@@ -59,8 +59,7 @@ def unpackb(data: bytes):
     return msgpack.unpackb(data, object_hook=_decode)
 
 
-def to_observation(request: dict, keys: dict, cameras: list[str], image_size: int, state_dim: int,
-                   episode: Episode):
+def to_observation(request: dict, keys: dict, cameras: list[str], state_dim: int, episode: Episode):
     """A client's request -> this call's Observation (every mapped camera the request carries; the
     policy's `cameras` must be there)."""
     need = [next((k for k, c in keys["images"].items() if c == cam), cam) for cam in cameras]
@@ -74,13 +73,13 @@ def to_observation(request: dict, keys: dict, cameras: list[str], image_size: in
         prompt = prompt.decode()
     if not isinstance(prompt, str):
         raise ValueError(f"request key '{keys['prompt']}': expected a string, got {type(prompt).__name__}")
-    images = {cam: as_image(request[k], k, image_size) for k, cam in keys["images"].items() if k in request}
+    images = {cam: as_image(request[k], k) for k, cam in keys["images"].items() if k in request}
     history = None
     if "wam/history" in request:
         hist = request["wam/history"]
         if not isinstance(hist, dict):
             raise ValueError("request key 'wam/history': expected {camera: (T, H, W, 3) frames}")
-        frames = {cam: [as_image(f, f"wam/history/{cam}", image_size) for f in np.asarray(v)] for cam, v in hist.items()}
+        frames = {cam: [as_image(f, f"wam/history/{cam}") for f in np.asarray(v)] for cam, v in hist.items()}
         n = min((len(v) for v in frames.values()), default=0)
         history = [{cam: v[t] for cam, v in frames.items()} for t in range(n)]
     return episode.observation(images, state, prompt, history)
@@ -112,7 +111,7 @@ class OpenpiServer(WebsocketServer):
                     ep = self.episode()
                     await ws.send(packb({"reset": True}))
                     continue
-                obs = to_observation(request, self.keys, self.cameras, self.spec.image_size, self.spec.state_dim, ep)
+                obs = to_observation(request, self.keys, self.cameras, self.spec.state_dim, ep)
                 seed = ep.seed(request.get("wam/noise_seed"))
                 t1 = time.monotonic()
                 chunk, stats = await self.infer(obs, seed, ep)

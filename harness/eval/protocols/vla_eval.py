@@ -7,8 +7,9 @@ WamBenchModelServer.from_checkpoint(C, suite=S))`). Written against `vla-eval==0
 Batching is vla-eval's own (`max_batch_size`, `max_wait_time`: `--max-batch`, `--max-wait-ms`):
 its dispatch loop hands `predict_batch` the observations of every session waiting, and one
 `Policy.infer_batch` call infers them (`harness.eval.serving.run_batch`: a request that fails
-alone gets vla-eval's ERROR message, its batch-mates their actions). A chunk of the policy's
-action horizon goes into vla-eval's chunk buffer, one action per step.
+alone gets vla-eval's ERROR message, its batch-mates their actions). The actions executed per call
+(the suite's `action_horizon`, else the policy's, at most the chunk: `serving.executed`) go into
+vla-eval's chunk buffer, one action per step.
 
 Conventions (`CONVENTIONS`, by our suite's adapter): which vla-eval benchmarks speak our suite's
 action space, their image keys -> our cameras, where their state is, their action spec (whose
@@ -32,7 +33,8 @@ from vla_eval.specs import (GRIPPER_CLOSE_POS, IMAGE_RGB, LANGUAGE, POSITION_DEL
                             STATE_EEF_POS_AA_GRIP, STATE_JOINT, DimSpec)
 
 from harness.errors import UserError
-from harness.eval.serving import Episode, as_image, as_state, needed_cameras, run_batch
+from harness.eval.serving import Episode, as_image, as_state, executed, needed_cameras, run_batch
+from harness.suites import robotwin
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,10 @@ CONVENTIONS = {
                          {"agentview": "agentview", "wrist": "wrist"}, ("states",), STATE_EEF_POS_AA_GRIP,
                          {"position": POSITION_DELTA, "rotation": ROTATION_AA, "gripper": GRIPPER_CLOSE_POS},
                          {"wrist": "send_wrist_image"}, {"send_state": True}),
-    # vla_eval/benchmarks/robotwin: RoboTwin's three cameras by their own names, the 14-d joint
-    # vector ("joint_state"), 14-d joint position targets
-    "robotwin": Convention(("robotwin",), {c: c for c in ("head_camera", "left_camera", "right_camera")},
+    # vla_eval/benchmarks/robotwin: RoboTwin's three cameras under RoboTwin's own names (mapped to the
+    # suite's by harness/suites/robotwin.py CAMERAS), the 14-d joint vector ("joint_state"), 14-d joint
+    # position targets
+    "robotwin": Convention(("robotwin",), robotwin.wire_names("robotwin"),
                            ("joint_state",), STATE_JOINT, {"joints": DimSpec("joints", 14, "joint_positions")}),
 }
 
@@ -144,7 +147,7 @@ class WamBenchModelServer(PredictModelServer):
 
     def __init__(self, policy, spec, *, benchmark: str | None = None, noise_seed: int | None = 0,
                  max_batch_size: int = 8, max_wait_time: float = 0.005):
-        super().__init__(chunk_size=spec.action_horizon or policy.action_horizon, max_batch_size=max_batch_size,
+        super().__init__(chunk_size=executed(policy, spec), max_batch_size=max_batch_size,
                          max_wait_time=max_wait_time)
         self.policy, self.spec, self.noise_seed = policy, spec, noise_seed
         self.conv = conv = convention(spec)
@@ -176,7 +179,8 @@ class WamBenchModelServer(PredictModelServer):
         from harness.config import Registry
         from harness.policy.policy import build_policy
         reg = Registry(list(include_path))
-        return cls(build_policy(checkpoint, level, registry=reg, device=device), reg.suite(suite), **kw)
+        spec = reg.suite(suite)
+        return cls(build_policy(checkpoint, level, registry=reg, device=device, suite=spec), spec, **kw)
 
     def get_action_spec(self) -> dict[str, DimSpec]:
         return dict(self.conv.action)
@@ -196,7 +200,7 @@ class WamBenchModelServer(PredictModelServer):
 
     def _images(self, obs: dict) -> dict:
         got = obs.get("images") or {}
-        images = {cam: as_image(got[k], f"images/{k}", self.spec.image_size)
+        images = {cam: as_image(got[k], f"images/{k}")
                   for k, cam in self.conv.images.items() if k in got}
         missing = [c for c in self.cameras if c not in images]
         if missing:

@@ -25,12 +25,16 @@ Observation (`infer`'s {"observation": ...}, RoboTwin's aloha-agilex as XPolicyL
 send it): {"vision": {camera: {"color": (H, W, 3)} or (H, W, 3)}, "state": {"left_arm_joint_state":
 (6,), "left_ee_joint_state": (1,), "right_arm_joint_state": (6,), "right_ee_joint_state": (1,)},
 "instruction": str ("task_instruction" and "instructions" too; a list gives its first),
-"env_idx": int}. A camera maps by `CAMERAS` (XPolicyLab's names -> RoboTwin's) or by its own
-name; the state is packed in XPolicyLab's order (each arm's joints then its gripper, left arm
-first; single-arm `joint_state` + `ee_joint_state`) or sent as a flat array. Actions come back as
-XPolicyLab's plug-ins return them: one map per step with the state's keys when the state came as
-such a map and its sizes add up to the action size (joint targets, RoboTwin's layout), else an
-(H, D) float32 array.
+"env_idx": int}. A camera maps to the suite's by XPolicyLab's name for it (the suite adapter's
+`WIRE_CAMERAS["xpolicylab"]`; RoboTwin's: harness/suites/robotwin.py CAMERAS, `cam_head` -> `head`)
+or by its own name, and every camera the checkpoint's frame composes must come; the state is packed
+in XPolicyLab's order (each arm's joints then its gripper, left arm first; single-arm `joint_state`
++ `ee_joint_state`) or sent as a flat array. Actions come back as XPolicyLab's plug-ins return
+them: the actions the client executes before it observes again (the suite's `action_horizon`, else
+the policy's, at most the chunk: `harness.eval.serving.executed`; XPolicyLab's FastWAM plug-in
+returns its `replan_steps` the same way), one map per step with the state's keys when the state
+came as such a map and its sizes add up to the action size (joint targets, RoboTwin's layout), else
+an (H, D) float32 array.
 
 Trials: each (trial_id, env_idx) of a connection is one episode (`harness.eval.serving.Episode`;
 XPolicyLab's clients are stateless, so DreamZero's history is the stateless rule there). RoboTwin's
@@ -54,15 +58,13 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from harness.eval.serving import Episode, WebsocketServer, as_image, as_state
+from harness.eval.serving import Episode, WebsocketServer, as_image, as_state, executed
+from harness.suites.base import wire_cameras
 
 REPLIES = {"hello": "hello_ack", "prepare_case": "prepare_case_ack", "reset": "reset_result",
            "infer": "infer_result", "trial_end": "trial_end_ack", "heartbeat": "heartbeat_ack"}
 ENVELOPE = ("message_type", "message_id", "evaluation_id", "action_case_id", "trial_id", "repeat_index",
             "step", "sent_at", "payload")
-# XPolicyLab's camera names (and the aliases its DreamZero plug-in accepts) -> RoboTwin's own.
-CAMERAS = {"cam_head": "head_camera", "cam_high": "head_camera", "cam_left_wrist": "left_camera",
-           "cam_hand_left": "left_camera", "cam_right_wrist": "right_camera", "cam_hand_right": "right_camera"}
 # XPolicyLab's packing order of a joint state (`pack_robot_state`, action_type "joint").
 STATE_LAYOUTS = (("left_arm_joint_state", "left_ee_joint_state", "right_arm_joint_state", "right_ee_joint_state"),
                  ("joint_state", "ee_joint_state"), ("arm_joint_state", "ee_joint_state"))
@@ -151,22 +153,22 @@ def _image(entry):
     return entry
 
 
-def to_observation(obs: dict, cameras: list[str], image_size: int, state_dim: int, episode: Episode):
+def to_observation(obs: dict, names: dict[str, str], cameras: list[str], state_dim: int, episode: Episode):
     """An infer frame's observation -> (this call's Observation, the state's layout
-    [(key, size)] or None for a flat state)."""
+    [(key, size)] or None for a flat state). `names`: XPolicyLab's camera name -> the suite's."""
     if not isinstance(obs, dict):
         raise ValueError(f"observation: expected a map, got {type(obs).__name__}")
     vision = obs.get("vision") or {}
     images = {}
     for key, entry in vision.items():
-        cam = key if key in cameras else CAMERAS.get(key)
+        cam = names.get(key)
         img = _image(entry)
-        if cam is not None and img is not None and cam not in images:
-            images[cam] = as_image(img, f"vision/{key}", image_size)
+        if cam in cameras and img is not None and cam not in images:
+            images[cam] = as_image(img, f"vision/{key}")
     missing = [c for c in cameras if c not in images]
     if missing:
-        names = {c: [c] + [k for k, v in CAMERAS.items() if v == c] for c in missing}
-        raise ValueError(f"observation: vision lacks camera(s) {names} (an image or {{'color': image}}); "
+        want = {c: [k for k, v in names.items() if v == c] for c in missing}
+        raise ValueError(f"observation: vision lacks camera(s) {want} (an image or {{'color': image}}); "
                          f"got {sorted(vision)}")
     raw = obs.get("state")
     layout = None
@@ -218,6 +220,8 @@ class XPolicyLabServer(WebsocketServer):
     def __init__(self, policy, spec, meta: dict, record: str | Path, **kw):
         super().__init__(policy, spec, meta, **kw)
         self.record = Path(record)
+        self.names = wire_cameras(spec, "xpolicylab")   # XPolicyLab's camera names -> the suite's
+        self.horizon = executed(policy, spec)
 
     async def serve_connection(self, ws):
         import websockets
@@ -323,7 +327,7 @@ class XPolicyLabServer(WebsocketServer):
         env = obs.get("env_idx", 0) if isinstance(obs, dict) else 0
         ep = trial.setdefault(int(env), self.episode())
         try:
-            observation, layout = to_observation(obs, self.cameras, self.spec.image_size, self.spec.state_dim, ep)
+            observation, layout = to_observation(obs, self.names, self.cameras, self.spec.state_dim, ep)
         except Exception as e:
             raise FrameError("infer_failed", f"{type(e).__name__}: {e}") from None
         result = self.infer(observation, ep.seed(), ep)
@@ -335,7 +339,7 @@ class XPolicyLabServer(WebsocketServer):
                 raise FrameError("infer_failed", f"{type(e).__name__}: {e}",
                                  {"traceback": "".join(traceback.format_exception(e))}) from None
             return reply(frame, "infer_result", {
-                "actions": to_actions(chunk, layout), "latency_ms": (time.monotonic() - t0) * 1000,
+                "actions": to_actions(chunk[:self.horizon], layout), "latency_ms": (time.monotonic() - t0) * 1000,
                 "policy_timing": {"infer_ms": stats["latency_ms"], "batch_size": stats["batch_size"],
                                   "effective_steps": stats["effective_steps"],
                                   "forward_passes": stats["forward_passes"]}})
