@@ -4,8 +4,9 @@ server, under the settings `libero_config` derives from the suite (`wam-bench be
 
 The episodes are short (2 settle steps, 20 policy steps: three calls of an 8-action chunk): vla-eval's
 LIBERO renders both cameras at 256 px every step, about 0.7 s a step on this machine. The
-checkpoint holds random weights (named so: `random_checkpoint`): the check is that both harnesses
-feed the policy bit-identical observations and run its chunks alike, which no training changes;
+checkpoint holds random weights (named so: `random_libero_checkpoint`) and observes the suite's
+frame, agentview | wrist side by side: the check is that both harnesses feed the policy
+bit-identical observations and run its chunks alike, which no training changes;
 docs/harness_agreement.md has a run with a trained checkpoint and full-length episodes."""
 import json
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_serve import random_checkpoint
 
 from harness.cli import main as cli
 from harness.config import Registry
@@ -22,12 +22,29 @@ from harness.eval.protocols.vla_eval import libero_config
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 # libero_object's first task, shortened, with every setting vla-eval's LIBERO benchmark cannot take
-# set its way; one camera (vla-eval renders both, but the policy reads agentview only)
+# set its way; both cameras, composed into one frame as the suite says
 ALIGNED = {"include": str(SUITES / "libero_object.yaml"), "description": "libero_object, aligned with vla-eval",
-           "episodes_per_task": 2, "max_steps": 20, "settle_steps": 2, "cameras": ["agentview"],
+           "episodes_per_task": 2, "max_steps": 20, "settle_steps": 2,
            "options": {"binarize_gripper": True, "robosuite_camera_obs": True, "env_seed": 7},
            "tasks": [{"name": "pick_up_the_alphabet_soup_and_place_it_in_the_basket",
                       "instruction": "pick up the alphabet soup and place it in the basket", "options": {"task_id": 0}}]}
+
+
+def random_libero_checkpoint(path: Path, spec) -> Path:
+    """A tiny fastwam with random weights that observes suite `spec`'s frame (its cameras, composed)."""
+    import torch
+
+    from harness.config import resolve_variant
+    from harness.model.frame import Frame
+    from harness.model.wam import WorldActionModel
+    from harness.policy import checkpoint
+    rv = resolve_variant("fastwam")
+    torch.manual_seed(0)
+    frame = Frame.of_suite(spec, rv.backbone.codec.image_size)
+    model = WorldActionModel(rv, spec.action_dim, spec.state_dim, frame_size=frame.shape)
+    meta = {"config": rv.to_dict(), "config_hash": rv.hash, "stats": {}, "action_size": spec.action_dim,
+            "state_size": spec.state_dim, **frame.to_meta()}
+    return checkpoint.save(path, model, meta)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +52,9 @@ def aligned(tmp_path_factory):
     root = tmp_path_factory.mktemp("agreement")
     (root / "suites").mkdir()
     (root / "suites" / "libero_object_aligned.yaml").write_text(yaml.safe_dump(ALIGNED))
-    ckpt = random_checkpoint(root / "fastwam.safetensors", "fastwam", action=7, state=8, camera="agentview")
-    return root, ckpt
+    spec = Registry([root]).suite("libero_object_aligned")
+    assert list(spec.cameras) == ["agentview", "wrist"] and spec.compose == "horizontal"
+    return root, random_libero_checkpoint(root / "fastwam.safetensors", spec)
 
 
 def test_libero_config_maps_our_protocol_and_names_what_it_cannot(aligned):
@@ -70,6 +88,7 @@ def test_our_evaluator_and_vla_evals_libero_agree_call_by_call(aligned, tmp_path
         assert r["first_difference"] is None and r["agree"], r
     assert doc["figures"]["agreement"] == doc["figures"]["identical_calls"] == 1.0
     assert doc["figures"]["unaligned_settings"] == 0
+    assert "cameras compared: agentview, wrist" in doc["notes"]   # the frame's two tiles, each checked
 
 
 def test_env_seed_resets_as_vla_evals_libero():

@@ -122,7 +122,7 @@ def compare(spec, policy, episodes_per_task: int | None = None, workdir: Path | 
                      "first_difference": first_difference(a, b),
                      "max_state_difference": max((float(np.abs(x["state"] - y["state"]).max()) for x, y in zip(a, b)),
                                                  default=None)})
-    return {"rows": rows, "unaligned": unaligned, "config": config}
+    return {"rows": rows, "unaligned": unaligned, "config": config, "cameras": log.cameras}
 
 
 def measure(args) -> dict:
@@ -134,7 +134,7 @@ def measure(args) -> dict:
     reg = Registry(list(getattr(args, "include_path", []) or []))
     spec = reg.suite(args.suite or "libero_object")
     torch.set_num_threads(args.threads or 1)
-    policy = build_policy(args.checkpoint, "O1-kvcache", registry=reg, device="cpu")
+    policy = build_policy(args.checkpoint, "O1-kvcache", registry=reg, device="cpu", suite=spec)
     out = compare(spec, policy, args.episodes)
     rows = out["rows"]
     n = len(rows)
@@ -143,5 +143,6 @@ def measure(args) -> dict:
                "successes": sum(bool(r["success"]) for r in rows),
                "successes_vla_eval": sum(bool(r["success_vla_eval"]) for r in rows),
                "unaligned_settings": len(out["unaligned"])}
-    notes = [f"not aligned: {u}" for u in out["unaligned"]] + [f"vla-eval config: {out['config']}"]
+    notes = [f"not aligned: {u}" for u in out["unaligned"]] + [f"cameras compared: {', '.join(out['cameras'])}",
+                                                                  f"vla-eval config: {out['config']}"]
     return {"figures": figures, "rows": rows, "notes": notes}

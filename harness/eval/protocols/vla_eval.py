@@ -97,8 +97,9 @@ def libero_config(spec, episodes_per_task: int | None = None) -> tuple[dict, lis
         unaligned.append("gripper: vla-eval binarizes the command (< 0 -> -1, else +1); ours passes it through "
                          "(set options.binarize_gripper: true)")
     if spec.image_size != LIBERO_RESOLUTION:
-        unaligned.append(f"images: vla-eval renders {LIBERO_RESOLUTION} px and the server resizes them to "
-                         f"{spec.image_size}; ours renders {spec.image_size} px (set image_size: {LIBERO_RESOLUTION})")
+        unaligned.append(f"images: vla-eval renders {LIBERO_RESOLUTION} px, ours {spec.image_size} px; the policy "
+                         "resizes either to its tile, but a resized render is not the other render "
+                         f"(set image_size: {LIBERO_RESOLUTION})")
     if not spec.options.get("robosuite_camera_obs", False):
         unaligned.append("images: vla-eval sends robosuite's camera observation, taken one physics substep (2 ms) "
                          "before the step ends; ours renders the step's end (set options.robosuite_camera_obs: true)")
