@@ -1,4 +1,4 @@
-"""`wam-bench bench agreement --checkpoint C --suite S`: do two harnesses agree on LIBERO?
+"""`wam-bench bench agreement --checkpoint C --suite S` (or `--policy expert`): do two harnesses agree on LIBERO?
 
 The same checkpoint on the same LIBERO tasks and init states, once through our evaluator (the
 `evaluate_cell` that `wam-bench eval` runs, into a scratch store) and once through vla-eval's own
@@ -60,6 +60,59 @@ class CallLog:
 
     def close(self):
         self.policy.infer_batch, self.policy.new_state = self._infer, self._new
+
+
+class ExpertReplay:
+    """The scripted expert as a policy both harnesses can drive: its actions are recorded once in
+    our environment from each planned (task, init state), under the suite's protocol, and replayed
+    open loop, the episode found by its first observation (instruction and state, bit for bit).
+    Where both harnesses' physics equal the recording's, both replay the expert's successes: the
+    success check and the step count are compared on episodes that succeed, which a barely trained
+    checkpoint does not give. An episode whose first observation was not recorded fails loudly."""
+    variant, level, needs_history, frame_stride, level_info = "expert-replay", "reference", False, 1, None
+    last_latency_ms = 0.0
+
+    def __init__(self, spec, plan):
+        from types import SimpleNamespace
+
+        from harness.suites.base import make_env
+        self.action_horizon = spec.action_horizon or 8
+        self.chunk = SimpleNamespace(actions=self.action_horizon, latent_frames=1)
+        self.cameras = tuple(spec.cameras)
+        self.meta, self.config = {"action_size": spec.action_dim}, {"policy": self.variant}
+        self.episodes: dict[tuple, np.ndarray] = {}
+        self.last_stats: list[dict] = []
+        for task in sorted({t for t, _, _ in plan}):     # one fresh env per task, inits in order: as both harnesses
+            with make_env(spec, task) as env:
+                for _, init, seed in (p for p in plan if p[0] == task):
+                    env.reset(init, seed)
+                    obs = env.observe(render=False)
+                    actions = []
+                    while len(actions) < spec.max_steps and not env.success():
+                        actions.append(np.asarray(env.expert_action(), np.float32))
+                        env.step(actions[-1])
+                    self.episodes[obs.instruction, np.asarray(obs.state, np.float32).tobytes()] = np.stack(actions)
+
+    def new_state(self):
+        from types import SimpleNamespace
+        return SimpleNamespace(actions=None, calls=0)   # an object, as the server snapshots a context's vars
+
+    def infer_batch(self, observations, noise_seeds=None, states=None):
+        out = []
+        for o, st in zip(observations, states):
+            if st.actions is None:
+                key = (o.instruction, np.asarray(o.state, np.float32).tobytes())
+                if key not in self.episodes:
+                    raise KeyError(f"expert replay: no recorded episode starts from this observation ({o.instruction!r}, "
+                                   f"state {np.round(o.state, 4).tolist()})")
+                st.actions = self.episodes[key]
+            k, h = st.calls, self.chunk.actions
+            chunk = st.actions[k * h:(k + 1) * h]
+            rest = np.tile(np.r_[np.zeros(6), -1.0].astype(np.float32), (h - len(chunk), 1))  # past the expert: hold
+            out.append(np.concatenate([chunk, rest]))
+            st.calls += 1
+        self.last_stats = [{"latency_ms": 0.0, "batch_size": len(out), "effective_steps": 0, "forward_passes": 0}] * len(out)
+        return out
 
 
 def first_difference(ours: list[dict], theirs: list[dict]) -> str | None:
@@ -128,13 +181,17 @@ def compare(spec, policy, episodes_per_task: int | None = None, workdir: Path | 
 def measure(args) -> dict:
     import torch
 
+    from harness.eval.rollout import episode_plan
     from harness.policy.policy import build_policy
-    if not args.checkpoint:
-        raise UserError("bench agreement: give --checkpoint C (a checkpoint trained on the LIBERO suite's shapes)")
+    if bool(args.checkpoint) == bool(args.policy):
+        raise UserError("bench agreement: give --checkpoint C (trained on the LIBERO suite's shapes) or --policy expert")
     reg = Registry(list(getattr(args, "include_path", []) or []))
     spec = reg.suite(args.suite or "libero_object")
     torch.set_num_threads(args.threads or 1)
-    policy = build_policy(args.checkpoint, "O1-kvcache", registry=reg, device="cpu", suite=spec)
+    if args.policy:
+        policy = ExpertReplay(spec, episode_plan(spec, 0, args.episodes))
+    else:
+        policy = build_policy(args.checkpoint, "O1-kvcache", registry=reg, device="cpu", suite=spec)
     out = compare(spec, policy, args.episodes)
     rows = out["rows"]
     n = len(rows)
