@@ -42,3 +42,32 @@ def test_make_bench_targets_match_the_messages():
     assert "wam-bench bench gpu" in targets["bench-gpu"]
     gpu_note = (Path(__file__).resolve().parents[1] / "harness" / "bench" / "gpu.py").read_text()
     assert "`make bench-gpu`" in gpu_note and "`make bench`" not in gpu_note
+
+
+@pytest.mark.slow  # real LIBERO: simulator start-up alone is seconds per environment
+def test_bench_eval_libero_reports_episodes_per_hour_and_their_split(tmp_path):
+    out = tmp_path / "eval.json"
+    assert cli(["bench", "eval", "--suite", "libero_object", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    f = json.loads(out.read_text())["figures"]
+    assert f["libero_batched_speedup"] == pytest.approx(f["libero_episodes_per_hour"] / f["libero_episodes_per_hour_unbatched"])
+    parts = ("physics", "renders", "inference_batch1", "inference_batched")
+    assert all(f[f"libero_episode_s_{p}"] > 0 for p in parts)
+    sim = f["libero_episode_s_physics"] + f["libero_episode_s_renders"]
+    assert f["libero_batched_speedup_cpu_bound"] == pytest.approx(
+        (sim + f["libero_episode_s_inference_batch1"]) / (sim + f["libero_episode_s_inference_batched"]))
+
+
+@pytest.mark.slow  # real LIBERO episodes: ~1 min on a quiet 2-core machine, 3 min at load 10
+def test_bench_demos_writes_json(tmp_path):
+    """`bench demos --quick`: the protocol-reset 256 px path against the reused sim at 128 px, one
+    expert episode each, in core-seconds; the figures are each mode's own rows."""
+    out = tmp_path / "demos.json"
+    assert cli(["bench", "demos", "--suite", "libero_object", "--quick", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    f = doc["figures"]
+    assert {r["mode"] for r in doc["rows"]} == {"before", "128px"}
+    for mode in ("before", "128px"):
+        (row,) = [r for r in doc["rows"] if r["mode"] == mode]
+        assert row["success"] and f[f"demo_core_s_per_episode_{mode}"] == row["core_s"] > 0
+        assert f[f"suite_500_minutes_2_workers_{mode}"] == pytest.approx(500 * row["core_s"] / 2 / 60)
+    assert f["demo_speedup_128px"] == pytest.approx(f["demo_core_s_per_episode_before"] / f["demo_core_s_per_episode_128px"])

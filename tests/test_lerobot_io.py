@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.data import Episode, open_dataset, write_dataset
+from harness.data.lerobot import DatasetWriter
 from harness.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,11 +196,23 @@ def _compat_env() -> dict:
     return {"PYTHONPATH": str(COMPAT_DIR), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+def _write_in_segments(root, episodes, fps, every=2):
+    """As `wam-bench demos` writes: new data and video files every `every` episodes."""
+    writer = DatasetWriter(root, fps)
+    for i, ep in enumerate(episodes):
+        writer.append(ep)
+        if i % every == every - 1:
+            writer.roll()
+    writer.finish()
+    return root
+
+
 def test_lerobot_compat(tmp_path):
+    """lerobot reads ours (the mp4 one in two files per feature, as `demos` segments it) and we read theirs."""
     env = {**os.environ, **_compat_env(), "HF_HOME": str(tmp_path / "hf")}
-    ours = {}
-    for video in (True, False):
-        ours[video] = write_dataset(tmp_path / f"ours-{video}", make_episodes(), fps=10, video=video)
+    ours = {True: _write_in_segments(tmp_path / "ours-True", make_episodes(), fps=10),
+            False: write_dataset(tmp_path / "ours-False", make_episodes(), fps=10, video=False)}
+    assert len(list((ours[True] / "videos" / "observation.images.front").rglob("*.mp4"))) == 2
     theirs = tmp_path / "theirs"
     proc = subprocess.run([sys.executable, "-c", COMPAT_SCRIPT, str(ours[True]), str(ours[False]),
                            str(theirs)], capture_output=True, text=True, env=env, timeout=600,

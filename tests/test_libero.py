@@ -199,15 +199,33 @@ def test_binarize_gripper_closes_on_a_zero_command(envs):
     assert moved[False] < 1e-3 < moved[True], moved
 
 
-@pytest.mark.parametrize("suite", ["libero_object", "libero_spatial"])
-def test_expert_solves_a_task(envs, suite):
-    env = envs(suite)
+@pytest.mark.parametrize("suite,task", [("libero_object", 0), ("libero_spatial", 0),
+                                        ("libero_goal", 7), ("libero_goal", 6)])  # turn the stove on; onto an object
+def test_expert_solves_a_task(envs, suite, task):
+    env = envs(suite, task)
     env.reset(0, seed=7)
     for _ in range(env.spec.max_steps):
         env.step(env.expert_action())
         if env.success():
             break
-    assert env.success(), f"expert failed {suite} task 0 (phase {env.expert.phase})"
+    skill = env.expert.skills[env.expert.k]
+    assert env.success(), f"expert failed {suite} task {task} ({type(skill).__name__} in phase {skill.phase})"
+
+
+def test_demos_name_the_tasks_the_expert_cannot_do(tmp_path):
+    """libero_goal's 'open the middle drawer' and 'turn on the stove': `demos` refuses up front,
+    naming the drawer task and why; with skip_unsupported it makes the stove demo alone (the new
+    turn-on skill, through the demo path) and records what it left out."""
+    from harness.data.demos import make_demos
+    spec = Registry().suite("libero_goal")
+    spec = dataclasses.replace(spec, tasks=[spec.tasks[0], spec.tasks[7]], options={**spec.options, "assets": _assets()})
+    with pytest.raises(UserError, match=r"cannot do 1 of 2 tasks of libero_goal: open_the_middle_drawer_of_the_cabinet "
+                                        r"\(goal predicate 'open' .*--skip-unsupported"):
+        make_demos(spec, 1, out=tmp_path / "d", workers=1, image_size=32, quiet=True)
+    data = open_dataset(make_demos(spec, 1, out=tmp_path / "d", workers=1, image_size=32, quiet=True,
+                                   skip_unsupported=True))
+    assert data.tasks == ["turn on the stove"]
+    assert list(data.info_extra["demos"]["skipped_tasks"]) == ["open_the_middle_drawer_of_the_cabinet"]
 
 
 def test_provenance_records_versions_and_assets_checksum(envs):
@@ -304,21 +322,39 @@ def test_one_assets_folder_per_process(monkeypatch):
 # --------------------------------------------------------------------------- LIBERO-PRO
 
 PRO = [f"libero_pro_{b.removeprefix('libero_')}_{f}" for b in lib.BENCHMARKS[:4] for f in lib.PERTURBATIONS]
-# default run: one task per family, each on another base suite; `-m slow` resets all 160 tasks
+# the distractor families (`<base>_with_<thing>`) the package registers and ships, per base suite
+WITH = {"libero_spatial": ["blue_stick", "diffpos_stick", "green_mug", "milk", "mug", "red_box", "red_stick", "yellow_book"],
+        "libero_object": ["blue_stick", "diffpos_stick", "mug", "red_box", "red_stick", "yellow_book"],
+        "libero_goal": ["blue_stick", "diffpos_stick", "green_mug", "milk", "mug", "red_box", "red_stick",
+                        "rotated_stick", "yellow_book"],
+        "libero_10": ["blue_stick", "diffpos_stick", "milk", "mug", "red_box", "red_stick"]}
+PRO_WITH = [f"libero_pro_{b.removeprefix('libero_')}_with_{w}" for b, ws in WITH.items() for w in ws]
+# default run: one task per family, each on another base suite, and two distractor families;
+# `-m slow` resets every task of every family
 PRO_SAMPLE = [("libero_pro_spatial_lan", 0), ("libero_pro_object_object", 1), ("libero_pro_goal_swap", 2),
-              ("libero_pro_10_task", 3)]
+              ("libero_pro_10_task", 3), ("libero_pro_object_with_mug", 4), ("libero_pro_10_with_milk", 5)]
 
 
 def test_pro_suite_files_state_the_protocol():
     reg = Registry()
-    assert sorted(n for n in reg.names("suite") if n.startswith("libero_pro_")) == sorted(PRO)
-    for name in PRO:
+    assert sorted(n for n in reg.names("suite") if n.startswith("libero_pro_")) == sorted(PRO + PRO_WITH)
+    for name in PRO + PRO_WITH:
         s = reg.suite(name)
         clean = reg.suite(s.options["clean_suite"])
-        suffix = name.rsplit("_", 1)[1]
-        assert s.options["benchmark"] == f"{clean.name}_{suffix}" and s.options["perturbation"] == lib.PERTURBATIONS[suffix]
+        suffix = name.split(clean.name.removeprefix("libero_") + "_", 1)[1]
+        assert s.options["benchmark"] == f"{clean.name}_{suffix}"
         for f in ("max_steps", "settle_steps", "control_hz", "cameras", "image_size", "action_dim", "state_dim"):
             assert getattr(s, f) == getattr(clean, f), (name, f)
+        if suffix.startswith("with_"):  # same tasks (names, instructions, clean order), the family's own inits
+            assert s.options["perturbation"] == "distractor " + suffix.removeprefix("with_").replace("_", " ")
+            assert s.init_states in (10, 50) and s.episodes_per_task == s.init_states, name
+            clean_tasks = [(t.name, t.instruction) for t in clean.tasks]
+            mine = [(t.name, t.instruction) for t in s.tasks]
+            assert mine == [t for t in clean_tasks if t in mine] and len(mine) >= 8, name
+            ids = [t.options["task_id"] for t in s.tasks]
+            assert len(set(ids)) == len(ids) and set(ids) <= set(range(10)), name
+            continue
+        assert s.options["perturbation"] == lib.PERTURBATIONS[suffix]
         assert (s.episodes_per_task, s.init_states) == (50, 50)
         assert [t.options["task_id"] for t in s.tasks] == list(range(10))
         changed = [a.instruction != b.instruction for a, b in zip(s.tasks, clean.tasks)]
@@ -331,7 +367,8 @@ def test_pro_suite_files_are_current_with_the_package():
     lib.setup(_assets())
     reg = Registry()
     for base in libero_pro.BASES:
-        for suffix in lib.PERTURBATIONS:
+        assert [f.removeprefix("with_") for f in libero_pro.distractor_families(base)] == WITH[base]
+        for suffix in libero_pro.families(base):
             name = libero_pro.suite_name(base, suffix)
             assert reg.path("suite", name).read_text() == libero_pro.render_yaml(base, suffix, reg.suite(base)), name
 
@@ -352,10 +389,16 @@ def _check_pro_task(suite, task):
         assert env.progress() < 1.0 and not env.success(), f"{suite} task {task} starts solved"
         objects = {a for p in env.goal for a in p[1:]}
         assert objects <= set(env.inner.obj_body_id) | set(env.inner.object_sites_dict), (env.goal, suite)
+        from libero.libero.envs.bddl_utils import robosuite_parse_problem
         if spec.options["perturbation"] in ("object", "task"):  # the goal names other objects or relations
-            from libero.libero.envs.bddl_utils import robosuite_parse_problem
             clean_bddl = lib.benchmark(clean.options["benchmark"]).get_task_bddl_file_path(task)
             assert env.goal != robosuite_parse_problem(clean_bddl)["goal_state"]
+        if spec.options["perturbation"].startswith("distractor"):  # the clean task's goal, one more object in the scene
+            (clean_id,) = [t.options["task_id"] for t in clean.tasks if t.name == spec.tasks[task].name]
+            clean_p = robosuite_parse_problem(lib.benchmark(clean.name).get_task_bddl_file_path(clean_id))
+            assert env.goal == clean_p["goal_state"]
+            clean_objects = {o for names in clean_p["objects"].values() for o in names}
+            assert clean_objects < set(env.inner.objects_dict), suite
         env.step(np.r_[np.zeros(6), -1.0])
     finally:
         env.close()
@@ -367,9 +410,9 @@ def test_pro_suite_resets_and_renders(suite, task):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", PRO)
+@pytest.mark.parametrize("suite", PRO + PRO_WITH)
 def test_pro_suite_resets_and_renders_every_task(suite):
-    for task in range(10):
+    for task in range(len(Registry().suite(suite).tasks)):
         _check_pro_task(suite, task)
 
 
@@ -529,6 +572,34 @@ def test_import_v3_hf_layout_and_rejects_unknown_layouts(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end: demos
+
+def test_demo_frames_and_states_equal_the_evaluators(tmp_path):
+    """Two demos of one task at 64 px (PNG: lossless), both cameras. The second (made after the first
+    in the same reused sim) replayed in a new env through the evaluator's own reset (`reset_to` its
+    recorded start) and steps: every state equals the stored one, the stored frames equal what the
+    evaluator's `observe(render=True)` gives at that size (same content, same 180° rotation), and
+    the replay succeeds."""
+    from harness.data.demos import make_demos
+    spec = Registry().suite("libero_object")
+    spec = dataclasses.replace(spec, tasks=spec.tasks[:1], options={**spec.options, "assets": _assets()})
+    out = make_demos(spec, 2, seed=0, out=tmp_path / "d", workers=1, image_size=64, video=False, quiet=True)
+    data = open_dataset(out)
+    assert data.info["wam_bench"]["demos"]["image_size"] == 64
+    assert [data.info["features"][f"observation.images.{c}"]["shape"] for c in spec.cameras] == [[64, 64, 3]] * 2
+    ep = data.episode(1)
+    env = make_env(dataclasses.replace(spec, image_size=64), 0)
+    try:
+        env.reset_to(ep.extra["start"], seed=123)
+        for k, action in enumerate(ep.action):
+            obs = env.observe(render=k % 20 == 0 or k == len(ep) - 1)
+            np.testing.assert_array_equal(obs.state, ep.state[k], err_msg=f"step {k}")
+            for cam in obs.images:
+                np.testing.assert_array_equal(obs.images[cam], ep.images[cam][k], err_msg=f"{cam} step {k}")
+            env.step(action)
+        assert env.success()
+    finally:
+        env.close()
+
 
 def test_demos_for_two_object_tasks(tmp_path):
     """`wam-bench demos --suite libero_object` path: scripted demos from random inits, LeRobot output."""

@@ -13,7 +13,7 @@ import platform
 import sys
 from pathlib import Path
 
-FAMILIES = ["train", "sim", "eval", "latency", "scaling", "gpu", "serve", "agreement"]
+FAMILIES = ["train", "sim", "eval", "latency", "scaling", "gpu", "serve", "demos", "agreement"]
 
 
 def add_arguments(p):

