@@ -123,3 +123,19 @@ def test_env_seed_resets_as_vla_evals_libero():
     finally:
         ours.close()
         theirs.cleanup()
+
+
+@pytest.mark.slow
+def test_expert_replay_succeeds_alike_in_both_harnesses(aligned, tmp_path):
+    """`--policy expert` (about 3 minutes here): the scripted expert's actions for task 0 from init
+    state 0, recorded in our environment, replayed through both harnesses over the full step limit:
+    both succeed at the same step, every call bit-identical."""
+    root, _ = aligned
+    out = tmp_path / "expert.json"
+    suite = {**ALIGNED, "episodes_per_task": 1, "max_steps": 280, "settle_steps": 10}
+    (root / "suites" / "libero_object_expert.yaml").write_text(yaml.safe_dump(suite))
+    assert cli(["--include-path", str(root), "bench", "agreement", "--policy", "expert",
+                "--suite", "libero_object_expert", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["success"] is True and row["success_vla_eval"] is True, row
+    assert row["steps"] == row["steps_vla_eval"] < 280 and row["first_difference"] is None, row
