@@ -9,7 +9,7 @@ export PYOPENGL_PLATFORM ?= egl
 # The embedded default, sized for 15 min on 2 CPU cores (measured 15 min 55 s, demos included): every
 # variant on the tiny backbone for 1000 steps (the knee of the learning curve, docs/learning_curve.md;
 # the recipes' 2000 steps train better and take twice as long), 5 evaluation episodes per task, four
-# environments per eval cell inferred as one batch (outcomes are batch-1's; the report's latencies
+# environments per eval cell inferred as one batch (each episode gets batch 1's actions; the report's latencies
 # are each policy timed alone after the run).
 # `make run RUN_ARGS=` runs the recipes with the suite's 10 episodes per task, one at a time.
 RUN_ARGS ?= --steps 1000 --episodes 5 --envs-per-worker 4 --max-batch 4

@@ -44,6 +44,19 @@ def test_make_bench_targets_match_the_messages():
     assert "`make bench-gpu`" in gpu_note and "`make bench`" not in gpu_note
 
 
+@pytest.mark.slow  # real LIBERO: simulator start-up alone is seconds per environment
+def test_bench_eval_libero_reports_episodes_per_hour_and_their_split(tmp_path):
+    out = tmp_path / "eval.json"
+    assert cli(["bench", "eval", "--suite", "libero_object", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    f = json.loads(out.read_text())["figures"]
+    assert f["libero_batched_speedup"] == pytest.approx(f["libero_episodes_per_hour"] / f["libero_episodes_per_hour_unbatched"])
+    parts = ("physics", "renders", "inference_batch1", "inference_batched")
+    assert all(f[f"libero_episode_s_{p}"] > 0 for p in parts)
+    sim = f["libero_episode_s_physics"] + f["libero_episode_s_renders"]
+    assert f["libero_batched_speedup_cpu_bound"] == pytest.approx(
+        (sim + f["libero_episode_s_inference_batch1"]) / (sim + f["libero_episode_s_inference_batched"]))
+
+
 @pytest.mark.slow  # real LIBERO episodes: ~1 min on a quiet 2-core machine, 3 min at load 10
 def test_bench_demos_writes_json(tmp_path):
     """`bench demos --quick`: the protocol-reset 256 px path against the reused sim at 256 px rendered

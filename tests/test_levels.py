@@ -8,7 +8,7 @@ from test_masks import random_model
 
 from harness.config import Registry
 from harness.errors import UserError
-from harness.policy.levels import infer_options, not_applicable, prepare, quantize_int8
+from harness.policy.levels import Int8Linear, infer_options, not_applicable, prepare, quantize_int8
 from harness.policy.policy import smooth_actions
 from harness.model.wam import DitCache, InferOptions
 
@@ -55,7 +55,7 @@ def test_int8_and_bf16_within_bound(models):
     o1 = _actions(m, InferOptions())
     q = copy.deepcopy(m)
     q.net = quantize_int8(q.net)
-    assert isinstance(q.net.blocks[0].video.qkv, torch.ao.nn.quantized.dynamic.Linear)
+    assert isinstance(q.net.blocks[0].video.qkv, Int8Linear)
     for model, opts in ((q, InferOptions()), (m, InferOptions(autocast="bf16"))):
         err = (_actions(model, opts) - o1).abs().max().item()
         assert 0 < err < 0.05 * o1.std().item() + 1e-3, (opts, err)

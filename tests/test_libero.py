@@ -177,6 +177,28 @@ def test_bad_inputs_are_clear_errors(envs):
         env.step(np.zeros(4))
 
 
+def test_binarize_gripper_closes_on_a_zero_command(envs):
+    """`binarize_gripper` as vla-eval's LIBERO: -1 if < 0, else +1. robosuite's Panda gripper moves
+    by the command's sign only, so a command of exactly 0 is where binarizing changes the episode:
+    held open without, closing with (docs/harness_agreement.md). The shared env's switch is flipped
+    in place (a second env costs seconds); the suite option sets the same attribute."""
+    env = envs("libero_object")
+    moved = {}
+    try:
+        for binarize in (False, True):
+            env.binarize = binarize
+            env.reset(0, seed=0)
+            fingers = env.state()[6:8].copy()
+            command = np.zeros(7)
+            for _ in range(5):
+                env.step(command)
+            assert not command.any()                     # the caller's array is not written
+            moved[binarize] = float(np.abs(env.state()[6:8] - fingers).max())
+    finally:
+        env.binarize = False
+    assert moved[False] < 1e-3 < moved[True], moved
+
+
 @pytest.mark.parametrize("suite,task", [("libero_object", 0), ("libero_spatial", 0),
                                         ("libero_goal", 7), ("libero_goal", 6)])  # turn the stove on; onto an object
 def test_expert_solves_a_task(envs, suite, task):

@@ -13,7 +13,7 @@ import platform
 import sys
 from pathlib import Path
 
-FAMILIES = ["train", "sim", "eval", "latency", "scaling", "gpu", "serve", "demos"]
+FAMILIES = ["train", "sim", "eval", "latency", "scaling", "gpu", "serve", "demos", "agreement"]
 
 
 def add_arguments(p):
@@ -26,6 +26,9 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--workers", type=int, default=None, help="train bench: training processes to compare with one")
     p.add_argument("--frame-stride", type=int, default=4, help="sim bench: control steps between rendered frames")
+    p.add_argument("--episodes", type=int, default=None, help="agreement bench: init states per task (default: the suite's)")
+    p.add_argument("--policy", choices=["expert"], default=None,
+                   help="agreement bench: the scripted expert's actions, recorded in our environment, replayed on both sides")
 
 
 def machine() -> dict:

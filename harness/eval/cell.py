@@ -59,7 +59,8 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episod
     from harness.suites.base import require_runnable
     require_runnable(spec)  # before the cell is claimed: a suite that cannot run here leaves no folder
     source = cell_source(spec, checkpoint_path, policy if isinstance(policy, str) else None, execution, noise_seed,
-                         checkpoint_sha256, behaviour=policy_behaviour(policy), device=policy_device(policy))
+                         checkpoint_sha256, behaviour=policy_behaviour(policy, execution, max_batch),
+                         device=policy_device(policy))
     refuse_other_device(cell, source)
     if cell.claim(source):
         print(f"{cell.path}: its episodes came from another checkpoint, suite version or setting; evaluating again",
@@ -99,12 +100,16 @@ def evaluate_cell(cell, spec: SuiteSpec, policy, *, checkpoint_path=None, episod
     return result.to_dict()
 
 
-def policy_behaviour(policy) -> dict:
+def policy_behaviour(policy, execution: str = "sync", max_batch: int = 1) -> dict:
     """What a policy does differently from its checkpoint's defaults that changes the episodes:
-    action smoothing, an action horizon other than the variant's. Empty for the defaults, so cells
-    recorded before these were part of the source keep it."""
+    action smoothing, an action horizon other than the variant's, and batches with async
+    execution (a batch's latency decides how many actions are stale; sync batches give batch 1's
+    actions, tests/test_batch.py). Empty for the defaults, so cells recorded before these were
+    part of the source keep it."""
     cfg = {} if isinstance(policy, str) else dict(getattr(policy, "config", None) or {})
     out = {}
+    if cfg and execution == "async" and max_batch > 1:
+        out["max_batch"] = int(max_batch)
     if cfg.get("smoothing"):
         out["smoothing"] = True
     default_h = ((cfg.get("variant") or {}).get("inference") or {}).get("action_horizon")

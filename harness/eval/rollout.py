@@ -70,12 +70,16 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
     `policy` is a Policy-like object (`infer`, `reset`, `needs_history`, `frame_stride`,
     `action_horizon`, `last_latency_ms`) or the string "expert" / "random" (reference rows).
     A policy with `infer_batch` (Policy, RemotePolicy) keeps one state per episode and, with
-    `max_batch` > 1, is batched dynamically: once an observation is in, the driver waits up to
-    `max_wait_ms` for other workers' observations, up to `max_batch` of them, infers them in one
-    call and sends each worker its chunk. The default (1) keeps every call at batch 1, so the
-    ladder's latencies stay batch-1 figures; other policies infer one at a time. Each episode
-    record keeps, per call, its latency (the whole batch's), the batch size it ran at, its
-    effective denoising steps and its network forward passes.
+    `max_batch` > 1, is batched dynamically: once an observation is in, the driver waits for the
+    other running environments (every one of them is stepping its chunk, so each is due) up to
+    `max_batch` of them, for at most the longer of `max_wait_ms` and the last call's latency:
+    inferring the late ones apart would cost about one more call, so waiting longer never pays.
+    It infers them in one call and sends each worker its chunk. A batch gives each episode its
+    batch-1 actions (tests/test_batch.py), so outcomes do not depend on `max_batch`, except with
+    async execution, where a batch's latency decides how many actions are stale. The default (1)
+    keeps every call at batch 1, so the ladder's latencies stay batch-1 figures; other policies
+    infer one at a time. Each episode record keeps, per call, its latency (the whole batch's),
+    the batch size it ran at, its effective denoising steps and its network forward passes.
     `envs_per_worker` > 1 runs several environments in each worker process (fewer processes, for
     hosts with few cores per GPU); `workers` counts processes.
     """
@@ -99,6 +103,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
     stride = 1 if scripted else policy.frame_stride
     history = bool(not scripted and policy.needs_history)
     carry: dict[int, np.ndarray] = {}  # async: actions still executing while the policy thinks
+    arrived: dict[int, float] = {}     # when each waiting observation was sent (time.monotonic, system-wide)
 
     def start(i):
         if not pending:
@@ -121,7 +126,9 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
         carry.pop(i, None)
         start(i)
 
-    def send_chunk(i, full: np.ndarray, stats: dict):
+    def send_chunk(i, full: np.ndarray, stats: dict, queued_s: float = 0.0):
+        """`queued_s`: how long the observation waited between its worker sending it and its call
+        beginning (behind other calls, or for its batch-mates); async execution pays it as latency."""
         r = running[i]
         r.latencies.append(stats["latency_ms"])
         r.batch_sizes.append(stats["batch_size"])
@@ -130,7 +137,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
         r.calls += 1
         late = 0  # the first call of an episode: the robot waits, nothing is stale yet
         if execution == "async" and r.calls > 1:
-            late = stale_steps(stats["latency_ms"], spec.control_hz)
+            late = stale_steps(stats["latency_ms"] + 1000 * queued_s, spec.control_hz)
         chunk, carry[i] = async_chunk(full, carry.get(i, full[:0]), horizon, late)
         pool.send(i, "chunk", chunk, stride, history, True)
 
@@ -144,25 +151,28 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
             ready[i][0].history = ready[i][1]
         if scripted:
             for i in slots:
+                arrived.pop(i, None)
                 pool.send(i, "scripted", scripted, running[i].seed)
             return
         if batched:
             for k in range(0, len(slots), max_batch):
                 part = slots[k:k + max_batch]
+                t_call = time.monotonic()
                 chunks = policy.infer_batch([ready[i][0] for i in part], [seed_of(running[i]) for i in part],
                                             [running[i].state for i in part])
                 for i, full, stats in zip(part, chunks, policy.last_stats):
-                    send_chunk(i, full, stats)
+                    send_chunk(i, full, stats, t_call - arrived.pop(i))
             return
         for i in slots:
             r = running[i]
             pol = policies.setdefault(i, _clone(policy))
             if r.calls == 0:
                 pol.reset()
+            t_call = time.monotonic()
             full = pol.infer(ready[i][0], noise_seed=seed_of(r))
             steps = getattr(pol, "last_effective_steps", getattr(pol, "last_evals", 0))
             send_chunk(i, full, {"latency_ms": pol.last_latency_ms, "batch_size": 1, "effective_steps": steps,
-                                 "forward_passes": getattr(pol, "last_forward_passes", 0)})
+                                 "forward_passes": getattr(pol, "last_forward_passes", 0)}, t_call - arrived.pop(i))
 
     def receive(conns, ready: dict):
         for c in conns:
@@ -173,6 +183,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
                     i = msg[1]
                     if msg[0] == "obs":
                         ready[i] = (msg[2], msg[3])
+                        arrived[i] = msg[4]
                     elif msg[0] == "done":
                         finish(i, msg[2])
                     elif msg[0] == "error":
@@ -183,6 +194,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
                 for i in dead:
                     policies.pop(i, None)
                     ready.pop(i, None)
+                    arrived.pop(i, None)
                 for i in dead:
                     finish(i, {}, error="SimulatorError: environment worker process died")
 
@@ -197,8 +209,8 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
         while running:
             ready: dict[int, tuple[Observation, list]] = {}
             receive(wait(busy_conns()), ready)
-            if batched and ready:  # dynamic batching: give the other workers a moment to catch up
-                deadline = time.perf_counter() + max_wait_ms / 1000
+            if batched and ready:  # dynamic batching: wait for the batch-mates that are due
+                deadline = time.perf_counter() + max(max_wait_ms, policy.last_latency_ms) / 1000
                 while len(ready) < max_batch:
                     others = busy_conns(ready)
                     left = deadline - time.perf_counter()

@@ -8,6 +8,7 @@ reported as that episode's error, never as a task failure.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -47,7 +48,8 @@ class _Slot:
 
 def _worker(conn, spec: SuiteSpec, env_vars: dict):
     """Runs in a child process: owns the simulators of its slots, answers reset / chunk / expert
-    commands. Every message carries its slot index, every reply too."""
+    commands. Every message carries its slot index, every reply too; an observation also the
+    system-wide monotonic time it was sent (the driver's async execution counts its wait)."""
     apply(env_vars)
     slots: dict[int, _Slot] = {}
     while True:
@@ -68,7 +70,7 @@ def _worker(conn, spec: SuiteSpec, env_vars: dict):
                 sl.env = env = sl.envs[task]
                 env.reset(init, seed)
                 sl.ep = EpisodeState(task, init, seed)
-                conn.send(("obs", k, _observe(env, render), []))
+                conn.send(("obs", k, _observe(env, render), [], time.monotonic()))
             elif cmd == "chunk":  # execute actions; frames at cadence `stride` go into history
                 _, _, actions, stride, render_history, render_end = msg
                 env, ep = sl.env, sl.ep
@@ -88,7 +90,7 @@ def _worker(conn, spec: SuiteSpec, env_vars: dict):
                     obs = _observe(env, render_end)
                     if render_history and history and obs.images:
                         history[-1] = obs.images
-                    conn.send(("obs", k, obs, history))
+                    conn.send(("obs", k, obs, history, time.monotonic()))
             elif cmd == "scripted":  # whole episode with the expert or uniform random actions
                 _, _, kind, rng_seed = msg
                 env, ep = sl.env, sl.ep

@@ -35,6 +35,7 @@ class InferOptions:
     dit_cache: dict | None = None  # opt_levels.yaml's dit_cache_rule: {"always", "rules"} or {"schedule": "TTTFFF..."}
     steps: int | None = None     # override the variant's denoising steps
     autocast: str | None = None  # "bf16": run the network under torch.autocast (weights stay fp32)
+    per_sample: bool = False     # run each sample of a batch through the network alone (int8: levels.infer_options)
 
 
 class DitCache:
@@ -283,24 +284,29 @@ class WorldActionModel(nn.Module):
         on its batch-mates. `blocks` (dreamzero): the observed clean chunks, either one list of
         (B, lf·g, C) tensors shared by all samples, or per sample a list of (1, lf·g, C) tensors (g tokens a frame);
         samples with different numbers of observed chunks are sampled in separate groups (the
-        context length is a shape). Returns normalized-space actions (fp32, (B, H, A)), generated
-        video, and per sample `effective_steps` (denoising steps computed, loops summed) and
-        `forward_passes` (network forwards the sample took part in: prefills, both CFG passes)."""
+        context length is a shape), and with `opts.per_sample` every sample alone. Returns
+        normalized-space actions (fp32, (B, H, A)), generated video, and per sample
+        `effective_steps` (denoising steps computed, loops summed) and `forward_passes` (network
+        forwards the sample took part in: prefills, both CFG passes)."""
         B = latents.shape[0]
         seeds = list(noise_seed) if isinstance(noise_seed, (list, tuple)) else [noise_seed] * B
         if len(seeds) != B:
             raise ValueError(f"{len(seeds)} noise seeds for a batch of {B}")
-        per_sample = blocks is not None and len(blocks) == B and all(isinstance(b, (list, tuple)) for b in blocks)
+        own_blocks = blocks is not None and len(blocks) == B and all(isinstance(b, (list, tuple)) for b in blocks)
+        groups: dict = {}  # samples that share a forward: the same context length (a shape), or alone
+        for j in range(B):
+            groups.setdefault(j if opts.per_sample else len(blocks[j]) if own_blocks else 0, []).append(j)
         with self._autocast(opts, latents.device.type), torch.device(latents.device):
-            if not per_sample:
-                out = self._sample(latents, state, prompt, opts, seeds, blocks)
+            if len(groups) == 1:
+                blk = [torch.cat(c) for c in zip(*blocks)] if own_blocks else blocks
+                out = self._sample(latents, state, prompt, opts, seeds, blk)
             else:
-                groups: dict[int, list[int]] = {}
-                for j, b in enumerate(blocks):
-                    groups.setdefault(len(b), []).append(j)
                 outs = []
-                for n, idx in groups.items():
-                    blk = [torch.cat([blocks[j][k] for j in idx]) for k in range(n)]
+                for idx in groups.values():
+                    if own_blocks:
+                        blk = [torch.cat(c) for c in zip(*(blocks[j] for j in idx))]
+                    else:
+                        blk = None if blocks is None else [b[idx] for b in blocks]
                     outs.append((idx, self._sample(latents[idx], state[idx], [prompt[j] for j in idx], opts,
                                                    [seeds[j] for j in idx], blk)))
                 out = _scatter(outs, B)

@@ -37,7 +37,12 @@ def with_overrides(level: OptLevelSpec, overrides: dict | None) -> OptLevelSpec:
 
 
 def infer_options(level: OptLevelSpec) -> InferOptions:
-    """The per-call options a level switches on (the DiT-cache rule comes from the level alone)."""
+    """The per-call options a level switches on (the DiT-cache rule comes from the level alone).
+
+    int8 runs each sample of a batch through the network alone (`per_sample`): a row-wise scale
+    is not enough, because fp32 kernels round a row differently at another batch size (MKL's
+    sgemm at 4 rows vs 12) and one ulp before a quantizer can move a rounding step, ~1e-3 in the
+    actions. Alone, a sample's call is bit for bit its batch-1 call."""
     rule = None
     if level.dit_cache:
         rule = dict(level.dit_cache_rule or {})
@@ -45,7 +50,8 @@ def infer_options(level: OptLevelSpec) -> InferOptions:
             raise UserError(f"level {level.name}: dit_cache needs dit_cache_rule with rules or schedule "
                             "(see variants/opt_levels.yaml)")
     return InferOptions(kv_cache=level.kv_cache, cfg_batch=level.cfg_batch, cfg_parallel=level.cfg_parallel,
-                        dit_cache=rule, steps=level.steps, autocast="bf16" if level.precision == "bf16" else None)
+                        dit_cache=rule, steps=level.steps, autocast="bf16" if level.precision == "bf16" else None,
+                        per_sample=level.precision == "int8")
 
 
 def check(level: OptLevelSpec, device: torch.device) -> None:
@@ -67,24 +73,56 @@ def compile_mode(device: torch.device) -> str:
 
 
 def compile_net(net: torch.nn.Module, mode: str = "default", backend: str = "inductor") -> torch.nn.Module:
-    """torch.compile with dynamic shapes and room for every graph the net needs. Once int8 Linears
-    split the net at each block, a block's forward is its own frame with a graph per (block,
-    prefill or denoise): dynamo's default of 8 per code object is passed as soon as a process holds
-    more than one such model (the latency bench holds six), and it would fall back to eager. The
-    set is bounded, and warm-up builds it before any timed call."""
+    """torch.compile with dynamic shapes and room for every graph the net needs. Every model in a
+    process shares the net's code objects, each with a graph per (prefill or denoise, batch 1 or
+    more, context length): dynamo's default of 8 per code object is passed as soon as a process
+    holds more than one model (the latency bench holds dozens), and it would fall back to eager.
+    The set is bounded, and warm-up builds it before any timed call."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(net, dynamic=True, mode=mode, backend=backend)
 
 
-def quantize_int8(net: torch.nn.Module) -> torch.nn.Module:
-    """int8 dynamic quantization of the nn.Linear layers of the transformer blocks, in place.
+class Int8Linear(torch.nn.Module):
+    """An nn.Linear in int8: weights per output channel, activations per row (token) with the
+    row's own dynamic scale, int32 accumulation (`torch._int_mm`), fp32 out.
 
-    Weights int8, activations quantized per call. The blocks hold nearly all FLOPs; the
-    embeddings and output heads stay fp32 (the usual first/last-layer exception)."""
-    import warnings
-    with warnings.catch_warnings():  # torch.ao's eager quantization warns it is moving to torchao
-        warnings.simplefilter("ignore")
-        net.blocks = torch.ao.quantization.quantize_dynamic(net.blocks, {torch.nn.Linear}, dtype=torch.qint8)
+    A row's output is a function of that row alone, so a batch-mate never moves its scale (torch.ao's
+    dynamic quantization takes one scale for the whole tensor, i.e. the whole batch; a batch equal
+    to batch 1 also needs each sample alone, `infer_options`). It is one traceable op chain:
+    torch.compile keeps a block in one graph and fuses the quantization (torch.ao's modules broke
+    the graph at every Linear: O5 ran 2.2x slower compiled, tiny fastwam on CPU)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(1).clamp(min=1e-12) / 127
+        self.register_buffer("weight_t", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).t().contiguous())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
+        q = torch.round(rows / scale).clamp(-127, 127).to(torch.int8)
+        y = torch._int_mm(q, self.weight_t).float() * (scale * self.weight_scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantize_int8(net: torch.nn.Module) -> torch.nn.Module:
+    """int8 of the nn.Linear layers of the transformer blocks (`Int8Linear`), in place.
+
+    The blocks hold nearly all FLOPs; the embeddings and output heads stay fp32 (the usual
+    first/last-layer exception)."""
+    def swap(module):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, Int8Linear(child))
+            else:
+                swap(child)
+    swap(net.blocks)
     return net
 
 

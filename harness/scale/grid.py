@@ -309,7 +309,7 @@ def add_eval_arguments(p):
     p.add_argument("--envs-per-worker", type=int, default=1, help="environments in each of them")
     p.add_argument("--max-batch", type=int, default=1,
                    help="an eval cell's observations inferred in one call, up to this many (its environments: "
-                        "--workers x --envs-per-worker); outcomes are those of batch 1, and the report's latency "
+                        "--workers x --envs-per-worker); each episode gets batch 1's actions, and the report's latency "
                         "is each policy timed alone at batch 1 after the run")
 
 

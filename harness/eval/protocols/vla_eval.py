@@ -64,6 +64,63 @@ CONVENTIONS = {
 }
 
 
+# vla-eval's LIBEROBenchmark (vla_eval/benchmarks/libero/benchmark.py, 0.8.0): what it fixes; the rest
+# a config sets. docs/harness_agreement.md compares its protocol with our evaluator's line by line.
+LIBERO_BENCHMARK = "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark"
+LIBERO_RESOLUTION = 256   # LIBERO_ENV_RESOLUTION: both cameras, every step
+LIBERO_CONTROL_HZ = 20    # it passes no control_freq: OffScreenRenderEnv's default
+LIBERO_SEED = 7           # its default `seed`: env.seed once per task's environment (our `env_seed` option)
+
+
+def libero_config(spec, episodes_per_task: int | None = None) -> tuple[dict, list[str]]:
+    """vla-eval's eval config that runs our LIBERO suite `spec`'s episodes under our protocol: its
+    tasks (by the benchmark's instruction), init states 0..n-1 (episode e of a task starts from
+    init state e on both sides), our step limit, settle steps as `num_steps_wait`, our `env_seed`
+    as its `seed`, and the state's axis-angle as robosuite computes it (`quat_no_antipodal`). Also
+    one line per setting of the suite that vla-eval's LIBERO benchmark cannot take; with none, our
+    evaluator (one worker) and vla-eval run the same episodes against this checkpoint's server
+    (`wam-bench bench agreement` checks it)."""
+    from harness.suites.libero import BENCHMARKS, benchmark
+    name = spec.options.get("benchmark", spec.name)
+    if spec.adapter != "libero" or name not in BENCHMARKS:
+        raise UserError(f"suite {spec.name}: vla-eval's LIBERO benchmark runs LIBERO's own suites "
+                        f"({', '.join(BENCHMARKS)}), not this one")
+    n = episodes_per_task or spec.episodes_per_task
+    bench = benchmark(name)
+    tasks, unaligned = [], []
+    for i, t in enumerate(spec.tasks):
+        theirs = bench.get_task(int(t.options.get("task_id", i))).language
+        tasks.append(theirs)
+        if t.instruction != theirs:
+            unaligned.append(f"task {t.name}: our instruction {t.instruction!r}, vla-eval sends {theirs!r}")
+    if not spec.options.get("binarize_gripper", False):
+        unaligned.append("gripper: vla-eval binarizes the command (< 0 -> -1, else +1); ours passes it through "
+                         "(set options.binarize_gripper: true)")
+    if spec.image_size != LIBERO_RESOLUTION:
+        unaligned.append(f"images: vla-eval renders {LIBERO_RESOLUTION} px, ours {spec.image_size} px; the policy "
+                         "resizes either to its tile, but a resized render is not the other render "
+                         f"(set image_size: {LIBERO_RESOLUTION})")
+    if not spec.options.get("robosuite_camera_obs", False):
+        unaligned.append("images: vla-eval sends robosuite's camera observation, taken one physics substep (2 ms) "
+                         "before the step ends; ours renders the step's end (set options.robosuite_camera_obs: true)")
+    seed = spec.options.get("env_seed")
+    if seed is None:
+        unaligned.append("env seed: vla-eval seeds each task's environment once and resets it without reseeding; "
+                         f"ours seeds every episode (set options.env_seed: {LIBERO_SEED} and run one worker)")
+    if not spec.options.get("rotate_180", True):
+        unaligned.append("images: vla-eval rotates them 180 degrees; ours does not (rotate_180: false)")
+    if spec.control_hz != LIBERO_CONTROL_HZ:
+        unaligned.append(f"control: vla-eval runs LIBERO at {LIBERO_CONTROL_HZ} Hz; ours at {spec.control_hz}")
+    if n > spec.init_states:
+        unaligned.append(f"episodes: {n} per task; ours cycle the suite's {spec.init_states} init states, "
+                         "vla-eval's episode e starts from init state e")
+    entry = {"benchmark": LIBERO_BENCHMARK, "subname": spec.name, "episodes_per_task": n,
+             "max_steps": spec.max_steps, "tasks": tasks,
+             "params": {"suite": name, "seed": LIBERO_SEED if seed is None else int(seed),
+                        "num_steps_wait": spec.settle_steps, "quat_no_antipodal": True}}
+    return {"benchmarks": [entry]}, unaligned
+
+
 def convention(spec) -> Convention:
     known = CONVENTIONS.get(spec.adapter)
     if known is not None:
