@@ -139,3 +139,25 @@ def test_real_ablation_is_paired_across_variants(tmp_path, ray_session):
     design = json.loads((tmp_path / "results" / "a" / fnd.DESIGN_FILE).read_text())
     assert design["seeds"] == [0, 1] and design["datasets"]["2"][0]["sha256"] and design["train_suite"] == "tabletop"
     assert "<h2>Findings</h2>" in out["index"].read_text()
+
+
+def test_ablation_makes_its_demos_at_the_asked_size(monkeypatch, tmp_path):
+    """`make libero` trains on 128 px demos of the tasks the expert can do: the command line's
+    --demo-image-size and --skip-unsupported reach make_demos (its cache key), for ablation and grid."""
+    import harness.data.demos as demos
+    from harness import cli
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_make_demos(spec, n, **kw):  # a fake for testing the plumbing: stops before any work
+        asked.append((spec.name, n, kw.get("image_size"), kw.get("skip_unsupported")))
+        raise Stop
+    monkeypatch.setattr(demos, "make_demos", fake_make_demos)
+    for cmd in (["ablation", "--train-suite", "libero_object", "--eval-suites", "libero_object", "--variants", "fastwam",
+                 "--seeds", "0"], ["run", "--suites", "libero_object", "--variants", "fastwam"]):
+        with pytest.raises(Stop):
+            cli.main(cmd + ["--demos", "7", "--demo-image-size", "128", "--skip-unsupported", "--root",
+                            str(tmp_path / "r"), "--reports", str(tmp_path / "p")])
+    assert asked == [("libero_object", 7, 128, True)] * 2

@@ -59,15 +59,17 @@ def test_bench_eval_libero_reports_episodes_per_hour_and_their_split(tmp_path):
 
 @pytest.mark.slow  # real LIBERO episodes: ~1 min on a quiet 2-core machine, 3 min at load 10
 def test_bench_demos_writes_json(tmp_path):
-    """`bench demos --quick`: the protocol-reset 256 px path against the reused sim at 128 px, one
-    expert episode each, in core-seconds; the figures are each mode's own rows."""
+    """`bench demos --quick`: the protocol-reset 256 px path against the reused sim at 256 px rendered
+    every 4th step (what `demos` does), one expert episode each, in core-seconds; the figures are
+    each mode's own rows."""
     out = tmp_path / "demos.json"
     assert cli(["bench", "demos", "--suite", "libero_object", "--quick", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     f = doc["figures"]
-    assert {r["mode"] for r in doc["rows"]} == {"before", "128px"}
-    for mode in ("before", "128px"):
+    assert {r["mode"] for r in doc["rows"]} == {"before", "256px-stride4"}
+    for mode in ("before", "256px-stride4"):
         (row,) = [r for r in doc["rows"] if r["mode"] == mode]
         assert row["success"] and f[f"demo_core_s_per_episode_{mode}"] == row["core_s"] > 0
         assert f[f"suite_500_minutes_2_workers_{mode}"] == pytest.approx(500 * row["core_s"] / 2 / 60)
-    assert f["demo_speedup_128px"] == pytest.approx(f["demo_core_s_per_episode_before"] / f["demo_core_s_per_episode_128px"])
+    assert f["demo_speedup_256px-stride4"] == pytest.approx(
+        f["demo_core_s_per_episode_before"] / f["demo_core_s_per_episode_256px-stride4"])

@@ -123,3 +123,57 @@ def test_demos_memory_does_not_grow_with_episodes(tmp_path):
         tracemalloc.stop()
     episode = max(len(e) * e.images["front"][0].nbytes for e in open_dataset(tmp_path / "n16").episodes())
     assert peaks[16] - peaks[2] < 4 * episode, (peaks, episode)
+
+
+def test_demos_rendered_every_k_steps_hold_the_last_frame(tmp_path, monkeypatch):
+    """`--image-stride 3`: the same episodes as rendering every step (same states and actions, the
+    same frames at steps 0, 3, 6, ...), each row between holding the last rendered frame; the
+    dataset records the stride, the default folder names it, and the renderer ran only on
+    rendered rows."""
+    from harness.suites.tabletop import TabletopEnv
+    spec = _one_task()
+    every = open_dataset(make_demos(spec, 2, seed=5, out=tmp_path / "every", workers=1, video=False, quiet=True))
+    renders = []
+    real = TabletopEnv.observe
+    monkeypatch.setattr(TabletopEnv, "observe", lambda self, render=True: renders.append(render) or real(self, render))
+    strided = open_dataset(make_demos(spec, 2, seed=5, out=tmp_path / "k3", workers=1, video=False, quiet=True,
+                                      image_stride=3))
+    assert strided.image_stride == 3 and every.image_stride == 1
+    assert strided.info_extra["demos"]["image_stride"] == 3
+    assert default_out(spec, 2, 5, image_stride=3).name.endswith("-stride3") and \
+        not default_out(spec, 2, 5, image_stride=1).name.endswith("-stride1")
+    total = 0
+    for a, b in zip(every.episodes(), strided.episodes(), strict=True):
+        T = len(a)
+        total += T
+        assert np.array_equal(a.action, b.action) and np.array_equal(a.state, b.state)
+        t = np.arange(T)
+        np.testing.assert_array_equal(b.images["front"], a.images["front"][t - t % 3])
+    assert sum(renders) == sum(-(-len(e) // 3) for e in strided.episodes()) and len(renders) == total
+
+
+def test_demos_keep_a_bounded_number_of_simulators(tmp_path, monkeypatch):
+    """A process keeps at most MAX_ENVS simulators (least recently used closed first): a LIBERO
+    environment is ~0.9 GB, and ten tasks' worth in each worker took 9 GB a process. Task t runs
+    in worker t % workers, so on 2 workers a 10-task suite needs 5 a process, under the cap."""
+    import harness.data.demos as demos
+    import harness.suites.base as base
+    live, peak, make = set(), [0], base.make_env
+
+    def counted(spec, task):
+        env = make(spec, task)
+        close = env.close
+        live.add(id(env))
+        peak[0] = max(peak[0], len(live))
+
+        def closed():
+            live.discard(id(env))
+            close()
+        env.close = closed
+        return env
+    monkeypatch.setattr(base, "make_env", counted)
+    monkeypatch.setattr(demos, "MAX_ENVS", 2)
+    spec = Registry().suite("tabletop")
+    assert len(spec.tasks) > 2
+    make_demos(spec, len(spec.tasks) + 1, seed=3, out=tmp_path / "d", workers=1, quiet=True)
+    assert peak[0] == 2 and not live, (peak, live)

@@ -574,27 +574,30 @@ def test_import_v3_hf_layout_and_rejects_unknown_layouts(tmp_path):
 # --------------------------------------------------------------------------- end to end: demos
 
 def test_demo_frames_and_states_equal_the_evaluators(tmp_path):
-    """Two demos of one task at 64 px (PNG: lossless), both cameras. The second (made after the first
-    in the same reused sim) replayed in a new env through the evaluator's own reset (`reset_to` its
-    recorded start) and steps: every state equals the stored one, the stored frames equal what the
-    evaluator's `observe(render=True)` gives at that size (same content, same 180° rotation), and
-    the replay succeeds."""
+    """Two demos of one task at 64 px (PNG: lossless), both cameras, rendered every 4th step (the
+    LIBERO default). The second (made after the first in the same reused sim) replayed in a new env
+    through the evaluator's own reset (`reset_to` its recorded start) and steps: every state equals
+    the stored one, the stored frames of rendered rows equal what the evaluator's
+    `observe(render=True)` gives at that size (same content, same 180° rotation), the rows between
+    hold the last rendered frame, and the replay succeeds."""
     from harness.data.demos import make_demos
     spec = Registry().suite("libero_object")
     spec = dataclasses.replace(spec, tasks=spec.tasks[:1], options={**spec.options, "assets": _assets()})
     out = make_demos(spec, 2, seed=0, out=tmp_path / "d", workers=1, image_size=64, video=False, quiet=True)
     data = open_dataset(out)
-    assert data.info["wam_bench"]["demos"]["image_size"] == 64
+    assert data.info["wam_bench"]["demos"]["image_size"] == 64 and data.image_stride == 4
     assert [data.info["features"][f"observation.images.{c}"]["shape"] for c in spec.cameras] == [[64, 64, 3]] * 2
     ep = data.episode(1)
     env = make_env(dataclasses.replace(spec, image_size=64), 0)
     try:
         env.reset_to(ep.extra["start"], seed=123)
+        last = (len(ep) - 1) // 4 * 4   # the last rendered row
         for k, action in enumerate(ep.action):
-            obs = env.observe(render=k % 20 == 0 or k == len(ep) - 1)
+            obs = env.observe(render=k % 20 == 0 or k == last)
             np.testing.assert_array_equal(obs.state, ep.state[k], err_msg=f"step {k}")
             for cam in obs.images:
                 np.testing.assert_array_equal(obs.images[cam], ep.images[cam][k], err_msg=f"{cam} step {k}")
+                np.testing.assert_array_equal(ep.images[cam][k:k + 4], ep.images[cam][[k] * len(ep.images[cam][k:k + 4])])
             env.step(action)
         assert env.success()
     finally:

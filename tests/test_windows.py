@@ -119,3 +119,31 @@ def test_decoded_arrays_are_cached_and_a_damaged_cache_is_rebuilt(tmp_path):
     rebuilt = WindowSampler(open_dataset(root), **kw)
     assert np.array_equal(rebuilt.frames, first.frames)
     assert np.load(cached[0])["frames"].shape == first.frames.shape
+
+
+def test_windows_of_a_dataset_rendered_every_k_steps_start_at_rendered_rows(tmp_path):
+    """`demos --image-stride 4`: rows between rendered ones hold the last rendered frame. Windows
+    start only at rendered rows, so every frame a window shows (not padding) is its own step's
+    frame; a frame stride the image stride does not divide is refused in one line."""
+    K = 4
+    held = []
+    for ep in coded_episodes():  # the coded frame 10*t + e held from the last multiple of K
+        t = np.arange(len(ep))
+        held.append(Episode(ep.task, ep.state, ep.action, {"front": ep.images["front"][t - t % K]}))
+    data = open_dataset(write_dataset(tmp_path / "held", held, fps=10, video=False, info_extra={"image_stride": K}))
+    assert data.image_stride == K
+    for stride in (4, 8):
+        ws = WindowSampler(data, frame=FRONT(16), actions=3, frame_stride=stride, future_frames=2)
+        b = ws.get(np.arange(len(ws)))
+        assert len(ws) == sum(-(-T // K) for T in LENGTHS)   # ceil(T / K) windows an episode
+        t0 = b["state"][:, 1]                                 # the window's first step
+        assert (t0 % K == 0).all() and sorted(map(tuple, b["state"][:, :2])) == sorted(
+            (e, t) for e, T in enumerate(LENGTHS) for t in range(0, T, K))
+        for w in range(len(ws)):
+            e, t = int(b["state"][w, 0]), int(t0[w])
+            for k in range(3):
+                if not b["frame_pad"][w, k]:                  # a real frame: rendered at its own step
+                    assert b["frames"][w, k, 0, 0, 0] == 10 * (t + k * stride) + e
+    for stride in (2, 6):
+        with pytest.raises(UserError, match=f"every {K} steps; frame_stride {stride} is not a multiple"):
+            WindowSampler(data, frame=FRONT(16), actions=3, frame_stride=stride, future_frames=2)

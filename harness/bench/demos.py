@@ -1,4 +1,4 @@
-"""`wam-bench bench demos`: what one scripted LIBERO demonstration costs, before and after the rework.
+"""`wam-bench bench demos`: what one scripted LIBERO demonstration costs, before and after the reworks.
 
 Each mode runs in its own process (GL settings are per process), and the modes take turns episode
 by episode, one at a time, so a shared machine slows them alike. An episode is what a `demos`
@@ -7,12 +7,15 @@ plus encoding its frames as the writer does, timed in core-seconds (the process'
 threads included; two workers on two cores are two of these at once):
 
 - `before`: the protocol's reset (model rebuilt, a new GL context), both cameras at the suite's
-  size: what `demos` did until the rework;
-- `<S>px`: the reused compiled sim (`reset(None, seed)`), cameras at S px, for each S in (256, 128, 64).
+  size every step: what `demos` did until the first rework;
+- `<S>px`: the reused compiled sim (`reset(None, seed)`), cameras at S px every step, for each S
+  in (256, 128, 64): what `demos --image-stride 1` does;
+- `<S>px-stride<K>`: the same, cameras rendered every K-th step only (the rows between hold the
+  last frame, encoded as the writer does): what `demos` does by default (K = 4), at 256 and 128 px.
 
 Where the time goes is in the rows: render, physics and encoding per step, and the reset.
-`--quick` is one episode of `before` and `128px`: a minute on a quiet machine, not the usual under-a-minute
-(a LIBERO episode alone is ~25 core-seconds).
+`--quick` is one episode of `before` and `256px-stride4`: a minute on a quiet machine, not the usual
+under-a-minute (a LIBERO episode alone is ~25 core-seconds).
 
 Figures: core-seconds per episode per mode, the speed-up over `before`, and the minutes a suite's
 500 episodes take on 2 workers (core-seconds x 500 / expert success / 2 cores / 60).
@@ -32,6 +35,8 @@ from harness.config import Registry
 from harness.errors import UserError
 
 SIZES = (256, 128, 64)
+STRIDE = 4          # what `demos` renders a LIBERO episode at (LiberoEnv.DEMO_IMAGE_STRIDE)
+STRIDE_SIZES = (256, 128)
 
 
 def measure(args) -> dict:
@@ -42,17 +47,19 @@ def measure(args) -> dict:
         raise UserError(f"bench demos measures the LIBERO demo path; suite '{spec.name}' is {spec.adapter} "
                         "(tabletop demos cost seconds: time `wam-bench demos` itself)")
     episodes = 1 if args.quick else 2
-    sizes = (128,) if args.quick else SIZES
-    modes = {"before": (spec.image_size, True), **{f"{s}px": (s, False) for s in sizes}}
+    modes = {"before": (spec.image_size, True, 1)}
+    if not args.quick:
+        modes.update({f"{s}px": (s, False, 1) for s in SIZES})
+    modes.update({f"{s}px-stride{STRIDE}": (s, False, STRIDE) for s in (STRIDE_SIZES[:1] if args.quick else STRIDE_SIZES)})
     pools = {m: ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init,
                                     initargs=(forwarded(), dataclasses.replace(spec, image_size=size)))
-             for m, (size, _) in modes.items()}
+             for m, (size, _, _) in modes.items()}
     rows = []
     try:
         for k in range(episodes):
-            for m, (size, rebuild) in modes.items():
-                row = pools[m].submit(_episode, k, rebuild).result()
-                rows.append({"mode": m, "size": size, "episode": k, **row})
+            for m, (size, rebuild, stride) in modes.items():
+                row = pools[m].submit(_episode, k, rebuild, stride).result()
+                rows.append({"mode": m, "size": size, "image_stride": stride, "episode": k, **row})
     finally:
         for pool in pools.values():
             pool.submit(_close).result()
@@ -91,7 +98,7 @@ def _close() -> None:
     shutil.rmtree(_W["tmp"], ignore_errors=True)
 
 
-def _episode(k: int, rebuild: bool) -> dict:
+def _episode(k: int, rebuild: bool, stride: int = 1) -> dict:
     from harness.data.lerobot import _VideoStream
     env, spec, cpu = _W["env"], _W["spec"], time.process_time
     c0, w0 = cpu(), time.perf_counter()
@@ -103,12 +110,12 @@ def _episode(k: int, rebuild: bool) -> dict:
     frames = {c: [] for c in spec.cameras}
     render = physics = 0.0
     steps, success = 0, False
-    for _ in range(spec.max_steps):
+    for j in range(spec.max_steps):
         c = cpu()
-        obs = env.observe(render=True)
+        obs = env.observe(render=j % stride == 0)
         render += cpu() - c
         action = env.expert_action()
-        for cam in spec.cameras:
+        for cam in obs.images:
             frames[cam].append(obs.images[cam])
         c = cpu()
         env.step(action)
@@ -119,7 +126,7 @@ def _episode(k: int, rebuild: bool) -> dict:
             break
     c = cpu()
     for cam in spec.cameras:
-        arr = np.asarray(frames[cam], np.uint8)
+        arr = np.asarray(frames[cam], np.uint8)[np.arange(steps) // stride]  # rows hold the last rendered frame
         s = _VideoStream(_W["tmp"] / f"{k}-{cam}.mp4", spec.control_hz, *arr.shape[1:3])
         s.append(arr)
         s.close()

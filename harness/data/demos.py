@@ -20,8 +20,16 @@ attempts in flight run again. The folder is `<out>.partial/` until meta/ is writ
 journal (rows and statistics of every segment) and it is renamed to `<out>`.
 
 `--image-size` renders (and stores) the cameras at another size than the suite's; the dataset's
-features record it and training resizes from it. The default output
-`data/demos/<suite>-v<version>-seed<S>-n<N>[-px<size>]/` is a cache: a complete dataset made with
+features record it and training resizes from it. `--image-stride K` renders the cameras only at
+steps 0, K, 2K, ... of an episode: every row keeps its state and action, and a row between two
+rendered ones holds the last rendered frame, so the file is an ordinary LeRobot dataset that any
+loader reads. The dataset records K (`info.json` `wam_bench.image_stride`), and the training
+windows start only at rendered rows and refuse a variant whose frame stride K does not divide
+(harness/data/windows.py). The default is the adapter's `DEMO_IMAGE_STRIDE`: LIBERO renders at the
+variants' frame stride 4, because rendering its two cameras is ~85% of a demo's cost and the model
+only ever looks at frames 4 steps apart (a policy observes every `action_horizon` = 8 steps, the
+DreamZero history every `frame_stride` = 4; `bench demos` measures it); tabletop renders every step.
+The default output `data/demos/<suite>-v<version>-seed<S>-n<N>[-px<size>][-stride<K>]/` is a cache: a complete dataset made with
 the same settings is reused.
 """
 from __future__ import annotations
@@ -55,8 +63,11 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=None,
                    help="camera size to render and store (default: the suite's image_size)")
+    p.add_argument("--image-stride", type=int, default=None,
+                   help="render the cameras every K steps; rows between hold the last frame (default: the "
+                        "adapter's, LIBERO 4 = the variants' frame stride, tabletop 1)")
     p.add_argument("--out", default=None,
-                   help="dataset folder (default data/demos/<suite>-v<version>-seed<S>-n<N>[-px<size>])")
+                   help="dataset folder (default data/demos/<suite>-v<version>-seed<S>-n<N>[-px<size>][-stride<K>])")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     p.add_argument("--noise", type=float, default=None,
                    help=f"expert action noise std (default {DEFAULT_NOISE} where the adapter supports it)")
@@ -69,8 +80,8 @@ def add_arguments(p):
 def main(args) -> int:
     spec = Registry(args.include_path).suite(args.suite)
     make_demos(spec, args.episodes, args.seed, out=args.out, workers=args.workers, noise=args.noise,
-               image_size=args.image_size, video=not args.no_video, force=args.force,
-               skip_unsupported=args.skip_unsupported)
+               image_size=args.image_size, image_stride=args.image_stride, video=not args.no_video,
+               force=args.force, skip_unsupported=args.skip_unsupported)
     return 0
 
 
@@ -81,15 +92,23 @@ def expert_gaps(spec: SuiteSpec) -> dict[str, str]:
     return gaps(spec) if gaps else {}
 
 
+def default_image_stride(spec: SuiteSpec) -> int:
+    """Steps between rendered frames in the adapter's demos when --image-stride is not given."""
+    from harness.suites.base import adapter_class
+    return int(getattr(adapter_class(spec), "DEMO_IMAGE_STRIDE", 1))
+
+
 def default_episodes(spec: SuiteSpec) -> int:
     return DEFAULT_PER_TASK * len(spec.tasks)
 
 
 def default_out(spec: SuiteSpec, episodes: int, seed: int, noise: float | None = None,
-                image_size: int | None = None) -> Path:
+                image_size: int | None = None, image_stride: int | None = None) -> Path:
     tag = "" if noise is None or noise == DEFAULT_NOISE else f"-noise{noise:g}"
     if image_size is not None and image_size != spec.image_size:
         tag += f"-px{image_size}"
+    if image_stride is not None and image_stride != default_image_stride(spec):
+        tag += f"-stride{image_stride}"
     return Path("data") / "demos" / f"{spec.name}-v{spec.version}-seed{seed}-n{episodes}{tag}"
 
 
@@ -104,8 +123,8 @@ def attempt_seed(seed: int, task: int, attempt: int) -> int:
 
 
 def make_demos(spec: SuiteSpec, episodes: int | None = None, seed: int = 0, out=None, workers: int = 2,
-               noise: float | None = None, *, image_size: int | None = None, video: bool = True,
-               force: bool = False, quiet: bool = False, segment: int = SEGMENT,
+               noise: float | None = None, *, image_size: int | None = None, image_stride: int | None = None,
+               video: bool = True, force: bool = False, quiet: bool = False, segment: int = SEGMENT,
                skip_unsupported: bool = False) -> Path:
     """Write (or reuse, or finish) `episodes` successful expert demos of `spec`; return the folder."""
     from harness.data.lerobot import open_dataset
@@ -128,16 +147,21 @@ def make_demos(spec: SuiteSpec, episodes: int | None = None, seed: int = 0, out=
         raise UserError(f"--noise must be a non-negative number, got {noise}")
     if image_size is not None and image_size < 8:
         raise UserError(f"--image-size must be at least 8 pixels, got {image_size}")
+    if image_stride is not None and image_stride < 1:
+        raise UserError(f"--image-stride must be at least 1 (render every step), got {image_stride}")
     if not spec.tasks:
         raise UserError(f"suite '{spec.name}' has no tasks")
     from harness.suites.base import require_runnable
     require_runnable(spec)
-    out = Path(out) if out is not None else default_out(spec, episodes, seed, noise, image_size)
+    stride = default_image_stride(spec) if image_stride is None else image_stride
+    out = Path(out) if out is not None else default_out(spec, episodes, seed, noise, image_size, stride)
     if image_size is not None:
         spec = dataclasses.replace(spec, image_size=image_size)
     settings = {"suite": spec.name, "version": spec.version, "seed": seed, "episodes": episodes,
                 "noise": noise, "spec_hash": spec_hash(spec), "video": video, "segment": segment,
                 "image_size": spec.image_size}
+    if stride != 1:  # absent means 1: datasets made before the stride stay cache hits
+        settings["image_stride"] = stride
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))  # noqa: E731
     work = out.with_name(out.name + ".partial")
     if force:
@@ -155,12 +179,13 @@ def make_demos(spec: SuiteSpec, episodes: int | None = None, seed: int = 0, out=
     per_task = run.per_task()
     info = {"demos": {**settings, "expert_success_rate": rate, "attempts": run.attempts, "per_task": per_task,
                       "skipped_tasks": gaps, "cameras": list(spec.cameras), "suite_spec": to_dict(spec)}}
-    run.writer.finish(info_extra=info)
+    run.writer.finish(info_extra={**info, "image_stride": stride})
     from harness.data.lerobot import replace_dir
     replace_dir(work, out)
     shutil.rmtree(out / SPILL, ignore_errors=True)
     (out / JOURNAL).unlink(missing_ok=True)
-    say(f"demos: wrote {episodes} episodes ({spec.image_size}px {'+'.join(spec.cameras)}) to {out}; "
+    every = "" if stride == 1 else f", rendered every {stride} steps"
+    say(f"demos: wrote {episodes} episodes ({spec.image_size}px {'+'.join(spec.cameras)}{every}) to {out}; "
         f"expert success {rate:.1%} ({run.successes}/{run.attempts} attempts)")
     width = max(len(t) for t in per_task)
     for name, t in per_task.items():
@@ -191,6 +216,7 @@ class _Run:
     def __init__(self, spec, episodes, seed, noise, work: Path, settings: dict, segment: int, say):
         from harness.data.lerobot import DatasetWriter
         self.spec, self.episodes, self.seed, self.noise = spec, episodes, seed, noise
+        self.stride = settings.get("image_stride", 1)
         self.work, self.segment, self.say = work, segment, say
         self.n = len(spec.tasks)
         self.quotas = [episodes // self.n + (1 if t < episodes % self.n else 0) for t in range(self.n)]
@@ -321,8 +347,9 @@ class _Run:
             for t, j in srcs:
                 with np.load(self._spill(t, j)) as z:
                     meta = json.loads(str(z["meta"]))
+                    T = len(z["action"])
                     ep = Episode(task=meta["task"], state=z["state"], action=z["action"], extra=meta["extra"],
-                                 images={c: z[f"image.{c}"] for c in meta["cameras"]})
+                                 images={c: held(z[f"image.{c}"], T, self.stride) for c in meta["cameras"]})
                 self.writer.append(ep)
                 del ep
             self.writer.roll()
@@ -340,23 +367,29 @@ class _Run:
         self.commit_ready()
         bar = tqdm(total=self.episodes, initial=self.kept(), unit="ep", desc=f"demos {self.spec.name}",
                    disable=quiet, dynamic_ncols=True)
-        pool = None
+        # Task t always runs in process t % workers: a process then holds only its own tasks'
+        # simulators (a LIBERO environment is ~0.9 GB; ten tasks in every process took 9 GB each).
+        pools = []
         if workers > 1:
-            pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                       initargs=(forwarded(),))
+            pools = [ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker,
+                                         initargs=(forwarded(),)) for _ in range(workers)]
         pending: dict = {}  # future -> (task, attempt)
         try:
             while len(self.sources) < self.episodes:
-                for t, j in self.to_launch(workers - len(pending), workers):
+                busy = {t % workers for t, _ in pending.values()}
+                for t, j in self.to_launch(2 * workers, workers):
+                    if t % workers in busy:
+                        continue
+                    busy.add(t % workers)
                     self.running[t].add(j)
-                    args = (self.spec, t, j, attempt_seed(self.seed, t, j), self.noise, self._spill(t, j))
-                    pending[pool.submit(_attempt, *args) if pool else _Done(_attempt(*args))] = (t, j)
+                    args = (self.spec, t, j, attempt_seed(self.seed, t, j), self.noise, self._spill(t, j), self.stride)
+                    pending[pools[t % workers].submit(_attempt, *args) if pools else _Done(_attempt(*args))] = (t, j)
                 if not pending:
                     self.commit_ready()
                     if len(self.sources) < self.episodes:
                         raise RuntimeError("demos: nothing to run and episodes missing (a scheduling bug)")
                     break
-                done = wait(list(pending), return_when=FIRST_COMPLETED)[0] if pool else list(pending)
+                done = wait(list(pending), return_when=FIRST_COMPLETED)[0] if pools else list(pending)
                 for fut in done:
                     t, j = pending.pop(fut)
                     kept_before = self.kept()
@@ -366,9 +399,9 @@ class _Run:
                 self.commit_ready()
         finally:
             bar.close()
-            if pool:
+            for pool in pools:
                 pool.shutdown(cancel_futures=True)
-            else:
+            if not pools:
                 _close_envs()
             self.writer.close()
 
@@ -392,7 +425,8 @@ def _init_worker(env_vars: dict) -> None:
         pass
 
 
-_ENVS: dict = {}  # per process: (suite hash, task) -> env, reused across attempts
+_ENVS: dict = {}  # per process: (suite hash, task) -> env, reused across attempts, least recently used first
+MAX_ENVS = int(os.environ.get("WAM_BENCH_DEMO_ENVS", "6"))  # simulators a process keeps (LIBERO: ~0.9 GB each)
 
 
 def _close_envs() -> None:
@@ -400,16 +434,19 @@ def _close_envs() -> None:
         _ENVS.popitem()[1].close()
 
 
-def _attempt(spec: SuiteSpec, task: int, attempt: int, init_seed: int, noise: float | None, spill: Path) -> bool:
-    """One expert rollout from a fresh random init, rendering every step's cameras (what is
-    stored, at the spec's image size, through the evaluator's own `observe`). A success is written
-    to `spill` (atomically) before this returns True."""
+def _attempt(spec: SuiteSpec, task: int, attempt: int, init_seed: int, noise: float | None, spill: Path,
+             stride: int = 1) -> bool:
+    """One expert rollout from a fresh random init (`record_expert`). A success is written to
+    `spill` (atomically, the rendered frames only) before this returns True."""
     from harness.suites.base import make_env
 
     key = (spec_hash(spec), task)
-    env = _ENVS.get(key)
+    env = _ENVS.pop(key, None)
     if env is None:
-        env = _ENVS[key] = make_env(spec, task)
+        while len(_ENVS) >= max(MAX_ENVS, 1):
+            _ENVS.pop(next(iter(_ENVS))).close()
+        env = make_env(spec, task)
+    _ENVS[key] = env
     if noise is None:
         noise = DEFAULT_NOISE if hasattr(env, "expert_noise") else None
     elif not hasattr(env, "expert_noise"):
@@ -417,27 +454,45 @@ def _attempt(spec: SuiteSpec, task: int, attempt: int, init_seed: int, noise: fl
     if noise is not None:
         env.expert_noise = noise
     env.reset(None, init_seed)
-    images = {c: [] for c in spec.cameras}
+    rec = record_expert(env, stride)
+    if rec is None:
+        return False
+    states, actions, images = rec
+    extra = {"task_name": env.task.name, "init_seed": init_seed, "attempt": attempt, "steps": len(actions)}
+    if getattr(env, "start", None) is not None:
+        extra["start"] = env.start  # the start state, for replay through the evaluator's reset
+    meta = {"task": env.task.instruction, "cameras": list(spec.cameras), "extra": extra}
+    tmp = spill.with_name(spill.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, state=states, action=actions, meta=np.array(json.dumps(meta)),
+             **{f"image.{c}": v for c, v in images.items()})
+    os.replace(tmp, spill)
+    return True
+
+
+def record_expert(env, stride: int = 1) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """The scripted expert from the env's current state (just reset) until success or the suite's
+    max steps. A success gives (states (T, S), actions (T, A), {camera: the frames of steps 0,
+    stride, 2*stride, ... (ceil(T / stride), H, W, 3)}): the cameras are rendered only at those
+    steps, at the spec's image size, through the evaluator's own `observe`. A failure gives None."""
+    images = {c: [] for c in env.spec.cameras}
     states, actions = [], []
-    for _ in range(spec.max_steps):
-        obs = env.observe(render=True)
+    for k in range(env.spec.max_steps):
+        obs = env.observe(render=k % stride == 0)
         try:
             action = np.asarray(env.expert_action(), dtype=np.float32)
         except NotImplementedError as e:  # this task has no scripted expert: say which and why
             raise UserError(f"demos: {e}") from None
-        for c in spec.cameras:
+        for c in obs.images:
             images[c].append(obs.images[c])
         states.append(obs.state)
         actions.append(action)
         env.step(action)
         if env.success():
-            extra = {"task_name": env.task.name, "init_seed": init_seed, "attempt": attempt, "steps": len(actions)}
-            if getattr(env, "start", None) is not None:
-                extra["start"] = env.start  # the start state, for replay through the evaluator's reset
-            meta = {"task": env.task.instruction, "cameras": list(spec.cameras), "extra": extra}
-            tmp = spill.with_name(spill.name + f".tmp{os.getpid()}.npz")
-            np.savez(tmp, state=np.asarray(states, np.float32), action=np.asarray(actions, np.float32),
-                     meta=np.array(json.dumps(meta)), **{f"image.{c}": np.asarray(v, np.uint8) for c, v in images.items()})
-            os.replace(tmp, spill)
-            return True
-    return False
+            return (np.asarray(states, np.float32), np.asarray(actions, np.float32),
+                    {c: np.asarray(v, np.uint8) for c, v in images.items()})
+    return None
+
+
+def held(frames: np.ndarray, steps: int, stride: int) -> np.ndarray:
+    """Frames rendered every `stride` steps -> one per step, each row holding the last rendered."""
+    return frames[np.arange(steps) // stride]

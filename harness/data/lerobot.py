@@ -467,6 +467,12 @@ class LeRobotData:
         return int(self.info["features"][STATE]["shape"][0])
 
     @property
+    def image_stride(self) -> int:
+        """Steps between the episode's rendered frames (`demos --image-stride`): a row between two
+        holds the last rendered frame. 1 (every row its own frame) unless the dataset records more."""
+        return int(self.info_extra.get("image_stride", 1))
+
+    @property
     def action_dim(self) -> int:
         return int(self.info["features"][ACTION]["shape"][0])
 

@@ -5,7 +5,11 @@ A frame is the model's video frame: the dataset's cameras composed by `Frame.com
 datasets (one per suite, for a model trained on several) are one sampler: their episodes are
 concatenated in the order given and their task strings merged. Everything is decoded once into
 flat arrays; a window is a gather with indices clamped to the episode's last step, so `sample()`
-is a handful of numpy fancy-indexing calls per batch. The decoded arrays are cached per dataset
+is a handful of numpy fancy-indexing calls per batch. A dataset rendered every K steps
+(`LeRobotData.image_stride`, `demos --image-stride`) holds its last frame in the rows between:
+its windows start only at rendered rows (steps 0, K, 2K, ... of an episode), and a frame stride K
+does not divide is refused, so every frame a window shows was rendered at its own step. The decoded
+arrays are cached per dataset
 in `<dataset>/cache/` (keyed by the dataset's content hash and the frame), so the six training
 processes of `make run` decode the videos once, not six times.
 """
@@ -38,6 +42,11 @@ class WindowSampler:
         if actions < 1 or frame_stride < 1 or future_frames < 0:
             raise UserError(f"window: need actions >= 1, frame_stride >= 1, future_frames >= 0; "
                             f"got {actions}, {frame_stride}, {future_frames}")
+        for d in datas:
+            if frame_stride % d.image_stride:
+                raise UserError(f"dataset {d.root} has a frame every {d.image_stride} steps; frame_stride {frame_stride} "
+                                f"is not a multiple of it: train a variant whose chunk.frame_stride it divides, or make "
+                                f"demos with --image-stride dividing {frame_stride}")
         self.actions, self.frame_stride, self.future_frames = actions, frame_stride, future_frames
         self.frame = frame
         parts = []
@@ -48,27 +57,31 @@ class WindowSampler:
                 arrays = _decode(d, frame)
                 _store_cached(cache, arrays)
             parts.append(arrays)
-        arrays = _concatenate(parts)
+        arrays = _concatenate(parts, [d.image_stride for d in datas])
         self.frames, self.action, self.state = arrays["frames"], arrays["action"], arrays["state"]
         self.last = arrays["last"]                 # flat index of each frame's episode end
+        self.starts = arrays["starts"]             # flat index of each window's first row: a rendered one
         self.task_id = arrays["task_id"]
         self.tasks: list[str] = arrays["tasks"]
-        if len(self.last) == 0:
+        if len(self.starts) == 0:
             raise UserError(f"dataset {', '.join(str(d.root) for d in datas)}: has no frames to train on")
         self._frame_offsets = np.arange(1 + future_frames) * frame_stride
         self._action_offsets = np.arange(actions)
 
     def __len__(self) -> int:
-        return len(self.last)
+        """Windows: one per rendered row (every row of a dataset rendered every step)."""
+        return len(self.starts)
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> dict:
         return self.get(rng.integers(0, len(self), size=batch_size))
 
     def get(self, indices) -> dict:
-        """The windows starting at flat frame `indices` (deterministic; what sample() draws)."""
+        """Windows number `indices` (deterministic; what sample() draws); window i starts at flat
+        row `starts[i]` (= i where every row is rendered)."""
         idx = np.asarray(indices, np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"window index out of range 0..{len(self) - 1}")
+        idx = self.starts[idx]
         end = self.last[idx][:, None]
         f_want = idx[:, None] + self._frame_offsets
         a_want = idx[:, None] + self._action_offsets
@@ -82,12 +95,21 @@ class WindowSampler:
         }
 
 
-def _concatenate(parts: list[dict]) -> dict:
-    """One dataset's arrays after another: episode ends shifted, task ids into one merged list."""
+def _starts(last: np.ndarray, stride: int) -> np.ndarray:
+    """Flat indices of the rows at steps 0, stride, 2*stride, ... of their episodes."""
+    rows = np.arange(len(last))
+    begins = np.r_[True, last[1:] != last[:-1]] if len(last) else rows.astype(bool)
+    first = np.maximum.accumulate(np.where(begins, rows, 0))   # each row's episode start
+    return np.flatnonzero((rows - first) % stride == 0)
+
+
+def _concatenate(parts: list[dict], strides: list[int]) -> dict:
+    """One dataset's arrays after another: episode ends shifted, task ids into one merged list,
+    the rendered rows where windows may start."""
     tasks: list[str] = []
-    out = {k: [] for k in ("frames", "action", "state", "last", "task_id")}
+    out = {k: [] for k in ("frames", "action", "state", "last", "task_id", "starts")}
     start = 0
-    for p in parts:
+    for p, stride in zip(parts, strides):
         names = [str(t) for t in p["tasks"]]
         for t in names:
             if t not in tasks:
@@ -96,6 +118,7 @@ def _concatenate(parts: list[dict]) -> dict:
         for k in ("frames", "action", "state"):
             out[k].append(p[k])
         out["last"].append(p["last"] + start)
+        out["starts"].append(_starts(p["last"], stride) + start)
         out["task_id"].append(remap[p["task_id"]])
         start += len(p["last"])
     cat = {k: (v[0] if len(v) == 1 else np.concatenate(v)) for k, v in out.items()}

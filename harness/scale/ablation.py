@@ -51,6 +51,8 @@ class AblationOptions:
     reports: str = "reports"
     include_path: tuple = ()
     datasets: dict = field(default_factory=dict)   # demo count -> dataset folders, one per train suite (default: cached demos)
+    demo_image_size: int | None = None  # cached demos' camera size (default: the suite's image_size)
+    skip_unsupported: bool = False      # demos of only the tasks the scripted expert can do
     time_alone: bool = True
     progress: bool = False
 
@@ -184,7 +186,8 @@ def run_ablation(o: AblationOptions, ro=None) -> dict:
             for s in sorted(o.train_suites):
                 print(f"[demos] {s}: {n} expert episodes", flush=True)
                 workers = max(o.workers, ro.num_cpus or os.cpu_count() or 1)
-                datasets[n].append(str(make_demos(reg.suite(s), n, seed=0, workers=workers).resolve()))
+                datasets[n].append(str(make_demos(reg.suite(s), n, seed=0, workers=workers, image_size=o.demo_image_size,
+                                                  skip_unsupported=o.skip_unsupported).resolve()))
     cells, done, expected, grids = plan(o, datasets)
     for exp, g in grids.items():
         n = g.demos
@@ -217,7 +220,7 @@ def run_ablation(o: AblationOptions, ro=None) -> dict:
 
 
 def add_arguments(p):
-    from harness.scale.grid import add_eval_arguments, add_ray_arguments
+    from harness.scale.grid import add_demo_arguments, add_eval_arguments, add_ray_arguments
     p.add_argument("--experiment", default="ablation")
     p.add_argument("--variants", default=None, help="comma-separated (default: every variant the registry knows)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds, the same for every variant")
@@ -235,6 +238,7 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=None, help="override every variant's train.steps")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task (default: the suite's)")
     add_eval_arguments(p)
+    add_demo_arguments(p)
     p.add_argument("--no-solo-latency", action="store_true", help="skip timing each policy alone after the episodes")
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
@@ -260,7 +264,8 @@ def options_from_args(args) -> AblationOptions:
                            demos=args.demos, demo_counts=counts, steps=args.steps, episodes=args.episodes,
                            workers=args.workers, envs_per_worker=args.envs_per_worker, max_batch=args.max_batch,
                            device=cell_device(args), root=args.root, reports=args.reports,
-                           include_path=tuple(args.include_path), time_alone=not args.no_solo_latency)
+                           include_path=tuple(args.include_path), time_alone=not args.no_solo_latency,
+                           demo_image_size=args.demo_image_size, skip_unsupported=args.skip_unsupported)
 
 
 def main(args) -> int:

@@ -46,6 +46,8 @@ class GridOptions:
     references: bool = True
     include_path: tuple = ()
     datasets: dict = field(default_factory=dict)  # suite -> dataset folder (default: cached demos)
+    demo_image_size: int | None = None  # cached demos' camera size (default: the suite's image_size)
+    skip_unsupported: bool = False    # demos of only the tasks the scripted expert can do
     progress: bool = False            # per-cell progress bars (off: the grid prints a summary)
     device: str = "cpu"               # of the eval cells' policies (`cell_device`)
     train_workers: int = 1            # processes per train cell: > 1 is a Ray Train worker group
@@ -251,7 +253,8 @@ def run_grid(o: GridOptions, ro=None) -> dict:
             print(f"[demos] {name}: {o.demos} expert episodes", flush=True)
             # nothing else runs yet, so every core makes demos (the dataset does not depend on it)
             workers = max(o.workers, ro.num_cpus or os.cpu_count() or 1)
-            datasets[name] = str(make_demos(spec, o.demos, seed=0, workers=workers).resolve())
+            datasets[name] = str(make_demos(spec, o.demos, seed=0, workers=workers, image_size=o.demo_image_size,
+                                            skip_unsupported=o.skip_unsupported).resolve())
 
     # 2. train cells, then the eval cells that depend on them, and the reference rows, on Ray
     cells, done, expected = plan_grid(o, datasets)
@@ -290,6 +293,7 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=None, help="override every variant's train.steps")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task (default: the suite's)")
     add_eval_arguments(p)
+    add_demo_arguments(p)
     p.add_argument("--root", default="results")
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-references", action="store_true", help="skip the expert and random rows")
@@ -307,6 +311,16 @@ def add_eval_arguments(p):
                    help="an eval cell's observations inferred in one call, up to this many (its environments: "
                         "--workers x --envs-per-worker); each episode gets batch 1's actions, and the report's latency "
                         "is each policy timed alone at batch 1 after the run")
+
+
+def add_demo_arguments(p):
+    p.add_argument("--demo-image-size", type=int, default=None,
+                   help="camera size of the expert demos made for training (default: the suite's image_size; "
+                        "a CPU preset trains as well on 128 px LIBERO demos, and the evaluation still renders "
+                        "the suite's size)")
+    p.add_argument("--skip-unsupported", action="store_true",
+                   help="make demos of only the tasks the scripted expert can do (named; the others are "
+                        "still evaluated, with no demonstrations)")
 
 
 def add_ray_arguments(p):
@@ -349,7 +363,8 @@ def options_from_args(args) -> GridOptions:
                        reports=args.reports, references=not args.no_references, include_path=tuple(args.include_path),
                        device=cell_device(args), train_workers=args.workers_per_cell, train_cpus=args.cpus_per_cell,
                        train_gpus=args.gpus_per_cell, time_alone=not args.no_solo_latency,
-                       train_per_suite=args.train_per_suite)
+                       train_per_suite=args.train_per_suite, demo_image_size=args.demo_image_size,
+                       skip_unsupported=args.skip_unsupported)
 
 
 def check_eval_arguments(args) -> None:

@@ -44,6 +44,8 @@ class SuiteEnv(abc.ABC):
     # A wire format's own names for the suite's cameras: {wire: {its name: the suite's camera}}
     # (RoboTwin's: harness/suites/robotwin.py CAMERAS). A format not listed names them as the suite does.
     WIRE_CAMERAS: dict[str, dict[str, str]] = {}
+    # `wam-bench demos` renders the cameras every this many steps (harness/data/demos.py)
+    DEMO_IMAGE_STRIDE: int = 1
 
     @classmethod
     def unavailable(cls, spec: SuiteSpec) -> str | None:

@@ -200,6 +200,9 @@ class LiberoEnv(SuiteEnv):
     # openpi's examples/libero client: images already rotated 180 degrees, as our cameras render them
     SERVE_KEYS = {"images": {"observation/image": "agentview", "observation/wrist_image": "wrist"},
                   "state": "observation/state", "prompt": "prompt"}
+    # `wam-bench demos` renders the cameras every 4th step (the variants' frame stride): rendering
+    # both is ~85% of a demo's cost, and the model never looks at the frames between (demos.py)
+    DEMO_IMAGE_STRIDE = 4
 
     def __init__(self, spec: SuiteSpec, task_index: int):
         super().__init__(spec, task_index)
