@@ -17,6 +17,7 @@ FORWARDED = (
     "LIBERO_ASSETS",        # LIBERO scene assets (harness/suites/libero.py; --libero-assets sets it)
     "WAM_LATENT_CACHE",     # on-disk cache of Wan VAE latents (harness/model/codecs.py)
     "WAM_TEXT_CACHE",       # on-disk cache of text embeddings (harness/model/text_encoders.py)
+    "WAM_BENCH_DEMO_ENVS",  # simulators a demos worker keeps (harness/data/demos.py)
 )
 
 

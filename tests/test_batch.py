@@ -263,3 +263,19 @@ def test_async_execution_pays_the_wait_before_the_call(models, monkeypatch):
     own = sum(ms for r in recs for ms in r["latency_ms"][1:])  # the first call of an episode is never late
     assert len(seen) == 4 and min(seen) >= 300, seen
     assert sum(seen) >= own + 600, (seen, own)  # the calls alternate: each observation waits for the other's
+
+
+def test_a_suite_horizon_longer_than_the_chunk_runs_the_chunk_and_says_so(models, capsys):
+    """A suite asking for more actions a call than the checkpoint's chunk holds (RoboTwin's 24 from
+    the tiny preset's 8) executes the chunk between observations and says so once on stderr."""
+    from harness.eval.rollout import episode_plan, run_episodes
+    from harness.policy.policy import Policy
+    spec = dataclasses.replace(REG.suite("tabletop"), max_steps=24, action_horizon=12)
+    policy = Policy(models["fastwam"], {"camera": "front"}, REG.opt_level("O1-kvcache"), device="cpu", warm=False)
+    recs = []
+    run_episodes(spec, episode_plan(spec, 0, 1, tasks=[0]), policy, recs.append, workers=1, noise_seed=0,
+                 progress=False)
+    (rec,) = recs
+    assert rec["steps"] == 24 and len(rec["latency_ms"]) == 3, rec  # 8 a call (12 would give 2)
+    err = capsys.readouterr().err
+    assert err.count("executes 12 actions a call; this checkpoint's chunk holds 8") == 1, err

@@ -153,10 +153,9 @@ def test_demos_rendered_every_k_steps_hold_the_last_frame(tmp_path, monkeypatch)
 
 
 def test_demos_keep_a_bounded_number_of_simulators(tmp_path, monkeypatch):
-    """A process keeps at most MAX_ENVS simulators (least recently used closed first): a LIBERO
+    """A process keeps at most $WAM_BENCH_DEMO_ENVS simulators (least recently used closed first): a LIBERO
     environment is ~0.9 GB, and ten tasks' worth in each worker took 9 GB a process. Task t runs
     in worker t % workers, so on 2 workers a 10-task suite needs 5 a process, under the cap."""
-    import harness.data.demos as demos
     import harness.suites.base as base
     live, peak, make = set(), [0], base.make_env
 
@@ -172,7 +171,7 @@ def test_demos_keep_a_bounded_number_of_simulators(tmp_path, monkeypatch):
         env.close = closed
         return env
     monkeypatch.setattr(base, "make_env", counted)
-    monkeypatch.setattr(demos, "MAX_ENVS", 2)
+    monkeypatch.setenv("WAM_BENCH_DEMO_ENVS", "2")
     spec = Registry().suite("tabletop")
     assert len(spec.tasks) > 2
     make_demos(spec, len(spec.tasks) + 1, seed=3, out=tmp_path / "d", workers=1, quiet=True)

@@ -426,7 +426,10 @@ def _init_worker(env_vars: dict) -> None:
 
 
 _ENVS: dict = {}  # per process: (suite hash, task) -> env, reused across attempts, least recently used first
-MAX_ENVS = int(os.environ.get("WAM_BENCH_DEMO_ENVS", "6"))  # simulators a process keeps (LIBERO: ~0.9 GB each)
+
+def max_envs() -> int:
+    """Simulators a demos process keeps (LIBERO: ~0.9 GB each); $WAM_BENCH_DEMO_ENVS, default 6."""
+    return max(int(os.environ.get("WAM_BENCH_DEMO_ENVS", "6")), 1)
 
 
 def _close_envs() -> None:
@@ -443,7 +446,7 @@ def _attempt(spec: SuiteSpec, task: int, attempt: int, init_seed: int, noise: fl
     key = (spec_hash(spec), task)
     env = _ENVS.pop(key, None)
     if env is None:
-        while len(_ENVS) >= max(MAX_ENVS, 1):
+        while len(_ENVS) >= max_envs():
             _ENVS.pop(next(iter(_ENVS))).close()
         env = make_env(spec, task)
     _ENVS[key] = env

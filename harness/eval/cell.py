@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness.config import Registry, SuiteSpec, to_dict
 from harness.errors import UserError
-from harness.eval.rollout import episode_plan, run_episodes
+from harness.eval.rollout import episode_plan, executed, run_episodes
 
 
 def todo_episodes(cell, spec: SuiteSpec, episodes_per_task: int | None = None) -> list[tuple[int, int, int]]:
@@ -209,7 +209,7 @@ def time_alone(root, keys: list, registry: Registry | None = None, calls: int = 
             with make_env(spec, 0) as env:
                 env.reset(0, 0)
                 obs = env.observe(render=True)
-            horizon = spec.action_horizon or policy.action_horizon
+            horizon = executed(policy, spec)
             per_episode = max(1, -(-spec.max_steps // horizon))  # calls in a full-length episode
             ms = []
             for c in range(calls + 1):

@@ -30,6 +30,20 @@ def episode_plan(spec: SuiteSpec, seed: int, episodes_per_task: int | None = Non
     return [(t, i % spec.init_states, seed * 100_003 + t * 1_009 + i) for t in tasks for i in range(n)]
 
 
+def executed(policy, spec: SuiteSpec) -> int:
+    """How many actions of a chunk run before the policy observes again: the suite's
+    `action_horizon`, else the policy's, never more than the chunk holds. A suite asking for more
+    (RoboTwin's 24 from a tiny model's 8-action chunk) is said once on stderr, not run silently."""
+    h = spec.action_horizon or policy.action_horizon
+    chunk = getattr(getattr(policy, "chunk", None), "actions", None)
+    if chunk is not None and h > chunk:
+        import sys
+        print(f"note: suite {spec.name} executes {h} actions a call; this checkpoint's chunk holds {chunk}, "
+              f"so {chunk} are executed between observations", file=sys.stderr)
+        return chunk
+    return h
+
+
 def stale_steps(latency_ms: float, control_hz: float) -> int:
     """Control steps that pass while the policy computes: ceil(latency x control_hz)."""
     return math.ceil(latency_ms / 1000 * control_hz - 1e-9)
@@ -99,7 +113,7 @@ def run_episodes(spec: SuiteSpec, plan, policy, record, *, workers: int = 2, exe
     running: dict[int, Running] = {}
     policies: dict[int, object] = {}
     bar = tqdm(total=len(plan), disable=not progress, desc=desc, unit="ep", dynamic_ncols=True)
-    horizon = None if scripted else (spec.action_horizon or policy.action_horizon)
+    horizon = None if scripted else executed(policy, spec)
     stride = 1 if scripted else policy.frame_stride
     history = bool(not scripted and policy.needs_history)
     carry: dict[int, np.ndarray] = {}  # async: actions still executing while the policy thinks

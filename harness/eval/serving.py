@@ -30,6 +30,7 @@ from collections import deque
 
 import numpy as np
 
+from harness.eval.rollout import executed
 from harness.suites.base import Observation
 
 
@@ -53,11 +54,6 @@ def as_image(value, key: str) -> np.ndarray:
         img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8) if img.dtype.kind == "f" else img.astype(np.uint8)
     return np.ascontiguousarray(img)
 
-
-def executed(policy, spec) -> int:
-    """How many actions of a chunk a client executes before it observes again: the suite's
-    `action_horizon`, else the policy's, never more than the chunk holds (as the evaluator runs it)."""
-    return min(spec.action_horizon or policy.action_horizon, policy.chunk.actions)
 
 
 def as_state(value, key: str, state_dim: int) -> np.ndarray:

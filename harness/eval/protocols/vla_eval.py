@@ -8,7 +8,7 @@ Batching is vla-eval's own (`max_batch_size`, `max_wait_time`: `--max-batch`, `-
 its dispatch loop hands `predict_batch` the observations of every session waiting, and one
 `Policy.infer_batch` call infers them (`harness.eval.serving.run_batch`: a request that fails
 alone gets vla-eval's ERROR message, its batch-mates their actions). The actions executed per call
-(the suite's `action_horizon`, else the policy's, at most the chunk: `serving.executed`) go into
+(the suite's `action_horizon`, else the policy's, at most the chunk: `rollout.executed`) go into
 vla-eval's chunk buffer, one action per step.
 
 Conventions (`CONVENTIONS`, by our suite's adapter): which vla-eval benchmarks speak our suite's
@@ -33,7 +33,8 @@ from vla_eval.specs import (GRIPPER_CLOSE_POS, IMAGE_RGB, LANGUAGE, POSITION_DEL
                             STATE_EEF_POS_AA_GRIP, STATE_JOINT, DimSpec)
 
 from harness.errors import UserError
-from harness.eval.serving import Episode, as_image, as_state, executed, needed_cameras, run_batch
+from harness.eval.rollout import executed
+from harness.eval.serving import Episode, as_image, as_state, needed_cameras, run_batch
 from harness.suites import robotwin
 
 
@@ -148,8 +149,6 @@ class WamBenchModelServer(PredictModelServer):
 
     def __init__(self, policy, spec, *, benchmark: str | None = None, noise_seed: int | None = 0,
                  max_batch_size: int = 8, max_wait_time: float = 0.005):
-        super().__init__(chunk_size=executed(policy, spec), max_batch_size=max_batch_size,
-                         max_wait_time=max_wait_time)
         self.policy, self.spec, self.noise_seed = policy, spec, noise_seed
         self.conv = conv = convention(spec)
         self.cameras = needed_cameras(policy)
@@ -170,6 +169,8 @@ class WamBenchModelServer(PredictModelServer):
         if unmapped:
             raise UserError(f"suite {spec.name}: the policy reads camera(s) {unmapped}, which vla-eval's "
                             f"{'/'.join(conv.benchmarks) or 'convention'} images {sorted(conv.images)} do not map to")
+        super().__init__(chunk_size=executed(policy, spec), max_batch_size=max_batch_size,
+                         max_wait_time=max_wait_time)  # after the checks: a refused suite gets no horizon note
         self.episodes: dict[str, Episode] = {}
         self.cadence: dict[str, list] = {}   # per session: frames at the policy's cadence since its last call
         self.batch_sizes: list[int] = []     # the size of every predict_batch call (for benches and tests)

@@ -31,7 +31,7 @@ or by its own name, and every camera the checkpoint's frame composes must come; 
 in XPolicyLab's order (each arm's joints then its gripper, left arm first; single-arm `joint_state`
 + `ee_joint_state`) or sent as a flat array. Actions come back as XPolicyLab's plug-ins return
 them: the actions the client executes before it observes again (the suite's `action_horizon`, else
-the policy's, at most the chunk: `harness.eval.serving.executed`; XPolicyLab's FastWAM plug-in
+the policy's, at most the chunk: `harness.eval.rollout.executed`; XPolicyLab's FastWAM plug-in
 returns its `replan_steps` the same way), one map per step with the state's keys when the state
 came as such a map and its sizes add up to the action size (joint targets, RoboTwin's layout), else
 an (H, D) float32 array.
@@ -58,7 +58,8 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from harness.eval.serving import Episode, WebsocketServer, as_image, as_state, executed
+from harness.eval.rollout import executed
+from harness.eval.serving import Episode, WebsocketServer, as_image, as_state
 from harness.suites.base import wire_cameras
 
 REPLIES = {"hello": "hello_ack", "prepare_case": "prepare_case_ack", "reset": "reset_result",
