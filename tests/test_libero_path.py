@@ -32,7 +32,11 @@ from harness.suites.base import make_env
 
 DEMOS = 2           # demonstrations (init states 0 and 1 of the task)
 STRIDE = 4          # LiberoEnv.DEMO_IMAGE_STRIDE: the rows between hold the last rendered frame
-# 600 steps memorized both demonstrations here (training seed 0); 300 steps, or lr 3e-3, did not
+# 600 steps on training seed 0 memorized both demonstrations; the recipe is at the edge of what the
+# tiny preset memorizes: training seeds 1 and 2 failed both (0/2 each), 1500 steps on seed 1 got
+# 1/2, and 300 steps or lr 3e-3 failed on seed 0. One torch thread and fixed seeds make it
+# deterministic on a given CPU, so it guards the chain (the planted defects above fail it), but a
+# training change that moves the weights can flip it: then look at the chain before the recipe.
 RECIPE = {"train.steps": 600, "train.lr": 1e-3, "train.batch_size": 16, "train.checkpoint_every": 10_000}
 
 
