@@ -19,3 +19,18 @@ class FaultyTabletopEnv(TabletopEnv):
     def reset(self, init_index, seed):
         self._n = 0
         return super().reset(init_index, seed)
+
+
+class CountedTabletopEnv(TabletopEnv):
+    """Tabletop that appends '+' when made and '-' when closed to the file $WAM_TEST_ENV_LOG, so a
+    test can see how many simulators a worker process holds at once."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        with open(os.environ["WAM_TEST_ENV_LOG"], "a") as f:
+            f.write("+")
+
+    def close(self):
+        with open(os.environ["WAM_TEST_ENV_LOG"], "a") as f:
+            f.write("-")
+        return super().close()

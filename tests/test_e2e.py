@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import like_a_terminal
 
@@ -78,6 +79,20 @@ def test_simulator_faults_are_errors_not_failures(tabletop, tmp_path, monkeypatc
             assert e["error"] is None and e["success"] is True
     assert "physics exploded" in eps[(1, 0)]["error"] and "died" in eps[(2, 0)]["error"]
     assert res["metrics"]["n_errors"] == 4 and res["metrics"]["success_rate"] == 1.0
+
+
+def test_a_worker_keeps_at_most_two_simulators(tabletop, tmp_path, monkeypatch):
+    """A worker slot keeps at most two simulators (least recently used closed first) however many
+    tasks it runs: a LIBERO simulator holds ~0.9 GB, and one per task took 9 GB a worker."""
+    log = tmp_path / "envs.log"
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("WAM_TEST_ENV_LOG", str(log))
+    spec = dataclasses.replace(tabletop, adapter="faulty_env:CountedTabletopEnv")
+    assert len(spec.tasks) >= 4
+    cell = Store(tmp_path).cell(CellKey("t", "expert", "counted", 0, "reference"))
+    evaluate_cell(cell, spec, "expert", episodes_per_task=1, workers=1, progress=False)
+    live = np.cumsum([1 if c == "+" else -1 for c in log.read_text()])
+    assert len(list(cell.episodes())) == len(spec.tasks) and live.max() == 2 and live[-1] == 0, log.read_text()
 
 
 def test_interrupted_eval_resumes_without_duplicates(trained, tmp_path):

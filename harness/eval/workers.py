@@ -37,8 +37,13 @@ def _observe(env, render):
     return Observation(obs.images, np.asarray(obs.state, np.float32), obs.instruction)
 
 
+MAX_ENVS = 2  # simulators a slot keeps, least recently used closed first: a LIBERO one holds ~0.9 GB,
+# and a slot that kept every task's took 9 GB for libero_object (measured; Ray then killed cells for
+# memory). Plans are task-major (`episode_plan`), so a slot meets each task once and two never thrash.
+
+
 class _Slot:
-    """One environment slot of a worker: its simulators (one per task, reused) and its episode."""
+    """One environment slot of a worker: its simulators (reused per task, at most MAX_ENVS) and its episode."""
 
     def __init__(self):
         self.envs: dict[int, object] = {}
@@ -65,9 +70,12 @@ def _worker(conn, spec: SuiteSpec, env_vars: dict):
         try:
             if cmd == "reset":
                 _, _, task, init, seed, render = msg
-                if task not in sl.envs:
-                    sl.envs[task] = make_env(spec, task)
-                sl.env = env = sl.envs[task]
+                env = sl.envs.pop(task, None)
+                if env is None:
+                    while len(sl.envs) >= MAX_ENVS:
+                        sl.envs.pop(next(iter(sl.envs))).close()
+                    env = make_env(spec, task)
+                sl.envs[task] = sl.env = env
                 env.reset(init, seed)
                 sl.ep = EpisodeState(task, init, seed)
                 conn.send(("obs", k, _observe(env, render), [], time.monotonic()))
