@@ -39,7 +39,7 @@ libero: $(STAMP)
 	$(BIN)/wam-bench ablation $(LIBERO_ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x --timeout=900
+	$(BIN)/python -m pytest -q -x --timeout=900 --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
