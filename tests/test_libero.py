@@ -604,8 +604,11 @@ def test_demo_frames_and_states_equal_the_evaluators(tmp_path):
         env.close()
 
 
+@pytest.mark.slow
 def test_demos_for_two_object_tasks(tmp_path):
-    """`wam-bench demos --suite libero_object` path: scripted demos from random inits, LeRobot output."""
+    """`wam-bench demos --suite libero_object` path: scripted demos from random inits, LeRobot output.
+    Slow: test_demo_frames_and_states_equal_the_evaluators and tests/test_libero_path.py cover the
+    same recording in `make test`; this adds a second task."""
     from harness.data.demos import make_demos
     spec = Registry().suite("libero_object")
     # one small camera: software GL costs ~0.1–0.5 s a frame whatever the size, and demos render every step
