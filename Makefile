@@ -6,18 +6,20 @@ STAMP   := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-# The embedded default, sized for 15 min on 2 CPU cores (measured 15 min 55 s, demos included): every
-# variant on the tiny backbone for 1000 steps (the knee of the learning curve, docs/learning_curve.md;
-# the recipes' 2000 steps train better and take twice as long), 5 evaluation episodes per task, four
-# environments per eval cell inferred as one batch (each episode gets batch 1's actions; the report's latencies
+# The embedded default, sized for 10 min on 2 CPU cores (measured 8 min 20 s from a fresh store on a
+# quiet machine, demos included, set-up excluded): every variant on the tiny backbone for 1000 steps
+# (the knee of the learning curve, docs/learning_curve.md; the recipes' 2000 steps train better and
+# take twice as long), the suite's 10 evaluation episodes per task (40 a variant), four environments
+# per eval cell inferred as one batch (each episode gets batch 1's actions; the report's latencies
 # are each policy timed alone after the run).
 # `make run RUN_ARGS=` runs the recipes with the suite's 10 episodes per task, one at a time.
-RUN_ARGS ?= --steps 1000 --episodes 5 --envs-per-worker 4 --max-batch 4
+RUN_ARGS ?= --steps 1000 --episodes 10 --envs-per-worker 4 --max-batch 4
 # The paired ablation behind the report's Findings (issue 17): six variants x 3 training seeds,
 # tabletop and the tabletop-shuffled split. It extends `make run`'s experiment (seed 0 is reused):
-# 36 min after `make run` on 2 cores, 52 min for the whole design.
+# measured 36 min after `make run` on 2 cores, 52 min for the whole design, at 5 episodes per task
+# (10 now, as `make run`: the eval part doubles; not re-measured).
 # Add --demo-counts 50,100,200 for the data-efficiency curve.
-ABLATION_ARGS ?= --experiment default --steps 1000 --seeds 0,1,2 --episodes 5 --envs-per-worker 4 --max-batch 4
+ABLATION_ARGS ?= --experiment default --steps 1000 --seeds 0,1,2 --episodes 10 --envs-per-worker 4 --max-batch 4
 
 # LIBERO closed (issue 21): the scripted expert's libero_object demos (300, both cameras stored at
 # 128 px, cached under data/demos/) -> fastwam and fastwam-no-cotrain trained on them with the same
