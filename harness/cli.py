@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra folder with variants/, suites/ or YAML files (repeatable)")
     parser.add_argument("--libero-assets", default=None, metavar="DIR",
                         help="LIBERO scene assets folder (else $LIBERO_ASSETS, then the package's own locations)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads of this command (default: torch's, every core); on a busy machine "
+                             "1 can train many times faster (threads spin waiting for a core)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -43,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     if not pre.command:
         parser.print_help()
         return 2
+    if pre.threads is not None:
+        if pre.threads < 1:
+            print(f"wam-bench: error: --threads must be at least 1, got {pre.threads}", file=sys.stderr)
+            return 2
+        set_threads(pre.threads)
     from harness.env import gl_defaults
     gl_defaults()  # before a command imports a simulator (MuJoCo picks its GL backend at import)
     module = importlib.import_module(COMMANDS[pre.command][0])
@@ -64,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwam-bench {pre.command}: interrupted; finished work is saved, re-run the same command to resume",
               file=sys.stderr)
         return 130
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op threads, and OpenMP's/MKL's for what this process starts."""
+    import os
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+    import torch
+    torch.set_num_threads(n)
 
 
 if __name__ == "__main__":
