@@ -29,7 +29,10 @@ def test_fresh_baseline_passes_and_a_worse_checkpoint_fails(nightly_env, capsys)
     blessed = json.loads((base / "baselines" / "smoke.json").read_text())
     assert blessed["success"]["n"] == 4 and blessed["latency_norm"] > 0
 
-    assert nightly(nightly_env) == 0  # the same code again: same episodes, latency within the ratio
+    # the same code again: same episodes, latency within the ratio. Not the default x1.25: on a loaded
+    # machine (CI beside other jobs) the same code's 4-episode p50 ratio measured x0.80-0.97 in four
+    # re-runs and once above x1.25 (a failed CI run); the planted regression below still uses the default
+    assert nightly(nightly_env, "--latency-ratio", "1.6") == 0, capsys.readouterr().out[-1500:]
     out = capsys.readouterr().out
     assert "one-sided Fisher exact" in out and "Welch" in out and "PASS" in out
     assert "Power: against the baseline's" in out   # 4 episodes: the success gate cannot fire, and says so
