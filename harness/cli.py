@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="LIBERO scene assets folder (else $LIBERO_ASSETS, then the package's own locations)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch CPU threads of this command (default: torch's, every core); on a busy machine "
-                             "1 can train many times faster (threads spin waiting for a core)")
+                             "1 can train many times faster")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)

@@ -10,10 +10,12 @@ import time
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from harness import cli
 from harness.config import Registry
 from harness.data.lerobot import open_dataset
+from harness.data import demos
 from harness.data.demos import default_out, make_demos
 
 
@@ -72,7 +74,6 @@ def test_demos_resume_after_kill_is_identical(tmp_path, monkeypatch, capsys):
     """kill -9 (two workers) after two segments are written, then the same call again (one worker):
     the dataset equals an uninterrupted one byte for byte, and the second call runs exactly the
     attempts the journal did not keep (none of the written or spilled episodes again)."""
-    from harness.data import demos
     spec = Registry().suite("tabletop")
     n, seg = 12, 3
     a = make_demos(spec, n, seed=4, out=tmp_path / "a", workers=1, quiet=True, segment=seg)
@@ -182,16 +183,13 @@ def test_an_expert_that_keeps_failing_is_a_one_line_error_naming_the_task(tmp_pa
     """Past MAX_ATTEMPTS attempts per kept episode the run stops with the task's name (libero_10's
     stove-and-moka-pot task succeeds ~20% of the time: under 1 in 4 stopped a real run), and the
     attempts made so far stay in the journal for a re-run."""
-    import pytest
-    from harness.data.demos import MAX_ATTEMPTS
     from harness.errors import UserError
     spec = Registry().suite("tabletop")
     spec = dataclasses.replace(spec, tasks=spec.tasks[:1])
-    import harness.data.demos as demos
     fake_failing_expert = lambda env, stride=1: None  # noqa: E731  (one worker: attempts run in this process)
     monkeypatch.setattr(demos, "record_expert", fake_failing_expert)
     with pytest.raises(UserError, match=rf"^demos: the expert of task {spec.tasks[0].name} succeeded in under 1 of "
-                                        rf"{MAX_ATTEMPTS} attempts; check the task, or lower --noise$"):
+                                        rf"{demos.MAX_ATTEMPTS} attempts; check the task, or lower --noise$"):
         make_demos(spec, 1, seed=0, out=tmp_path / "d", workers=1, quiet=True)
     journal = (tmp_path / "d.partial" / "progress.jsonl").read_text().splitlines()
-    assert sum('"attempt"' in line for line in journal) == MAX_ATTEMPTS
+    assert sum('"attempt"' in line for line in journal) == demos.MAX_ATTEMPTS
