@@ -48,8 +48,11 @@ def test_make_bench_targets_match_the_messages():
 def test_bench_eval_libero_reports_episodes_per_hour_and_their_split(tmp_path):
     out = tmp_path / "eval.json"
     assert cli(["bench", "eval", "--suite", "libero_object", "--quick", "--threads", "1", "--out", str(out)]) == 0
-    f = json.loads(out.read_text())["figures"]
+    doc = json.loads(out.read_text())
+    f = doc["figures"]
     assert f["libero_batched_speedup"] == pytest.approx(f["libero_episodes_per_hour"] / f["libero_episodes_per_hour_unbatched"])
+    batch = {r["mode"].rsplit(" ", 1)[-1]: r["mean_batch"] for r in doc["rows"] if "max batch" in r["mode"]}
+    assert batch["1"] == 1.0 and float(batch[max(batch, key=int)]) > 1.0, batch  # the batched run batches
     parts = ("physics", "renders", "inference_batch1", "inference_batched")
     assert all(f[f"libero_episode_s_{p}"] > 0 for p in parts)
     sim = f["libero_episode_s_physics"] + f["libero_episode_s_renders"]

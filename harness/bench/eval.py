@@ -180,7 +180,7 @@ def libero_figures(spec, args) -> dict:
     side by side, and where an episode's time goes (physics, renders, inference)."""
     from harness.eval.rollout import episode_plan
     policy, what = bench_policy(spec, args.checkpoint)
-    envs = 2 if args.quick else 4
+    envs = 4  # two processes of two environments: fewer could not batch (one environment a process)
     plan = episode_plan(spec, 0, 1, tasks=list(range(envs)))  # one episode per environment, first tasks
     horizon = spec.action_horizon or policy.action_horizon
     if args.quick:  # three chunks an episode: a spot check of the path, not the figure to report
