@@ -307,16 +307,19 @@ def test_shipped_assets_render_textures_where_the_standins_were(envs, tmp_path):
     assert ratio > 2, f"real assets show only {ratio:.1f}x the stand-ins' fine detail where they differ"
 
 
-def test_one_assets_folder_per_process(monkeypatch):
-    lib.setup(_assets())
+def test_one_assets_folder_per_process(tmp_path):
+    used = lib.setup(_assets())
     import harness.suites.libero  # noqa: F401
     if "libero.libero.envs" not in sys.modules:
         import libero.libero.envs  # noqa: F401
-    other = LIBERO_ASSETS if _assets() is None else lib._shipped_assets()
-    if other is None or not lib._is_assets(other):
-        pytest.skip("no second assets folder on this machine")
+    other = tmp_path / "assets"  # a second folder: the one in use, linked subfolder by subfolder
+    other.mkdir()
+    for d in used.iterdir():
+        (other / d.name).symlink_to(d, target_is_directory=d.is_dir())
+    assert lib._is_assets(other)
     with pytest.raises(UserError, match="one assets folder per process"):
         lib.setup(other)
+    assert lib.setup(used) == used  # asking again for the folder in use is fine
 
 
 # --------------------------------------------------------------------------- LIBERO-PRO
