@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import ray  # noqa: E402,F401  (the `scale` extra: a failed install fails here, not a silent skip)
+import ray  # noqa: F401  (the `scale` extra: a failed install fails here, not a silent skip)
 
 from harness.scale.ray_cells import ERROR_FILE, WORKER_FILE, RayOptions  # noqa: E402
 from harness.scale.grid import GridOptions, run_grid  # noqa: E402

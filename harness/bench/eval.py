@@ -63,11 +63,13 @@ def harness_run(spec, plan, policy, workers: int, max_batch: int = 8, envs_per_w
 
 
 def layout(envs: int) -> tuple[int, int]:
-    """(worker processes, environments each) for `envs` environments: a process per core at most.
+    """(worker processes, environments each) for `envs` environments: a process per core at most,
+    and at least two environments a process, or the batched run would have nothing to batch.
     Eight simulator processes on two cores pay eight interpreter and GL start-ups and fight over
     the cores; two processes of four environments step the same environments, one after another."""
     import os
-    procs = max(d for d in range(1, envs + 1) if envs % d == 0 and d <= (os.cpu_count() or 1))
+    most = min(os.cpu_count() or 1, max(1, envs // 2))
+    procs = max(d for d in range(1, envs + 1) if envs % d == 0 and d <= most)
     return procs, envs // procs
 
 
@@ -180,7 +182,7 @@ def libero_figures(spec, args) -> dict:
     side by side, and where an episode's time goes (physics, renders, inference)."""
     from harness.eval.rollout import episode_plan
     policy, what = bench_policy(spec, args.checkpoint)
-    envs = 4  # two processes of two environments: fewer could not batch (one environment a process)
+    envs = 4  # at least two a process (`layout`): with one a process nothing batches
     plan = episode_plan(spec, 0, 1, tasks=list(range(envs)))  # one episode per environment, first tasks
     horizon = spec.action_horizon or policy.action_horizon
     if args.quick:  # three chunks an episode: a spot check of the path, not the figure to report
