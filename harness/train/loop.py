@@ -164,7 +164,7 @@ def train(rv: ResolvedVariant, datasets: str | Path | list, out: str | Path, *, 
         else:
             checkpoint.save(last, model, {**meta, "step": step}, opt)
 
-    step = start
+    step = finished = start  # finished: steps whose update is in the weights (what an interrupt saves)
     try:
         for step, micro in zip(bar, loader):
             lr = lr_at(step, total, ts.lr, ts.warmup_frac)
@@ -187,6 +187,7 @@ def train(rv: ResolvedVariant, datasets: str | Path | list, out: str | Path, *, 
                                 f"the last good checkpoint is {good[-1] if good else 'none'}; lower train.lr")
             torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
             opt.step()
+            finished = step + 1
             done_samples += bs
             if d.main and (step % ts.log_every == 0 or step == total - 1):
                 wall = time.perf_counter() - t0  # seconds since this start's first step began
@@ -201,7 +202,7 @@ def train(rv: ResolvedVariant, datasets: str | Path | list, out: str | Path, *, 
         step = total
     except KeyboardInterrupt:
         if not d.active:  # a distributed run resumes from its last sharded checkpoint
-            save(step)
+            save(finished)  # not `step`: after opt.step() the weights already hold that step's update
         raise
     finally:
         bar.close()
